@@ -1,0 +1,99 @@
+"""``create_app(settings) -> Litestar``: the one place where everything is wired.
+
+Each capability exposes ``install(ctx) -> route handlers``; it registers its migrations, startup
+and shutdown steps, health checks and services on the :class:`~appliance.core.context.Context`.
+Plugins add theirs through the hooks in :mod:`appliance.plugin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.types import ControllerRouterHandler
+
+from appliance import __version__
+from appliance.config import Settings, load_settings
+from appliance.core import api as core_api
+from appliance.core.auth import ApiKeyMiddleware
+from appliance.core.context import Context, Role, build_context
+from appliance.core.deps import DEPENDENCIES
+from appliance.core.errors import exception_handlers
+from appliance.core.http_log import RequestLogMiddleware
+from appliance.core.ratelimit import rate_limit_middlewares
+
+__all__ = ["assemble", "create_app"]
+
+Installer = Callable[[Context], list[ControllerRouterHandler]]
+
+# Capabilities in dependency order: later ones may use services the earlier ones provide.
+CAPABILITIES: list[Installer] = [core_api.install]
+
+_AUTH_EXCLUDE = ["^/schema"]
+
+
+def assemble(
+    settings: Settings, role: Role = "all", extra_plugins: Iterable[object] = ()
+) -> tuple[Context, list[ControllerRouterHandler]]:
+    """Build the context and install every capability and plugin; returns the route handlers."""
+    ctx = build_context(settings, role=role, extra_plugins=extra_plugins)
+    handlers: list[ControllerRouterHandler] = []
+    for install in CAPABILITIES:
+        handlers.extend(install(ctx))
+    for group in ctx.plugins.hook.appliance_route_handlers(ctx=ctx):
+        handlers.extend(group)
+    return ctx, handlers
+
+
+def _stores(settings: Settings) -> dict[str, Store]:
+    if settings.redis_url:
+        from litestar.stores.redis import RedisStore
+
+        return {"rate_limit": RedisStore.with_client(url=settings.redis_url, namespace="appliance:ratelimit")}
+    return {"rate_limit": MemoryStore()}
+
+
+def create_app(settings: Settings | None = None, extra_plugins: Iterable[object] = ()) -> Litestar:
+    """The appliance as an ASGI app. ``extra_plugins`` registers plugin objects directly (tests)."""
+    settings = settings or load_settings()
+    ctx, handlers = assemble(settings, extra_plugins=extra_plugins)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with ctx.running():
+            yield
+
+    return Litestar(
+        route_handlers=handlers,
+        dependencies=DEPENDENCIES,
+        middleware=[
+            RequestLogMiddleware,
+            *rate_limit_middlewares(settings),
+            DefineMiddleware(ApiKeyMiddleware, exclude=_AUTH_EXCLUDE),
+        ],
+        exception_handlers=exception_handlers,
+        openapi_config=_openapi(),
+        state=State({"ctx": ctx}),
+        lifespan=[lifespan],
+        stores=_stores(settings),
+        request_max_body_size=settings.max_request_body_bytes,
+        logging_config=None,
+    )
+
+
+def _openapi() -> OpenAPIConfig:
+    # Only the JSON document: the HTML renderers load scripts from CDNs, and the box may be offline.
+    return OpenAPIConfig(
+        title="The appliance",
+        version=__version__,
+        description="Object storage, search, jobs, events, realtime, email, push and payments in one box.",
+        path="/schema",
+        render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+    )

@@ -1,0 +1,276 @@
+"""The ``appliance`` command line: run | worker | migrate | keys | tenants | doctor | plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from appliance import __version__
+from appliance.config import ConfigError, Settings, load_settings
+from appliance.core.context import Context, Role
+
+__all__ = ["cli", "main"]
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file (APPLIANCE_CONFIG)."
+)
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory.")
+
+
+def _settings(config_file: str | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config_file=config_file, **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # aiosqlite's debug lines echo SQL parameters; keep them out of even a DEBUG log.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+
+
+def _with_context(settings: Settings, role: Role, body: Callable[[Context], Awaitable[T]], start: bool) -> T:
+    """Build the context, open it (``start``: also run startup steps), run ``body``."""
+    from appliance.app import assemble
+
+    ctx, _ = assemble(settings, role=role)
+
+    async def go() -> T:
+        if start:
+            async with ctx.running():
+                return await body(ctx)
+        async with ctx.prepared():
+            return await body(ctx)
+
+    return asyncio.run(go())
+
+
+@click.group()
+@click.version_option(__version__, prog_name="appliance")
+def cli() -> None:
+    """The appliance: a self-hosted backend in one box."""
+
+
+@cli.command()
+@click.option("--host", help="Bind address (APPLIANCE_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (APPLIANCE_PORT, default 8000).")
+@data_dir_option
+@config_option
+def run(host: str | None, port: int | None, data_dir: str | None, config_file: str | None) -> None:
+    """Serve the HTTP API, the admin UI and the in-process workers."""
+    import uvicorn
+
+    from appliance.app import create_app
+
+    settings = _settings(config_file, host=host, port=port, data_dir=data_dir)
+    _logging(settings)
+    app = create_app(settings)
+    click.echo(
+        f"appliance {__version__} on http://{settings.host}:{settings.port} (admin UI at /admin)", err=True
+    )
+    # uvicorn handles SIGTERM/SIGINT: stops accepting, drains requests, then runs the lifespan shutdown.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=15,
+        ws_ping_interval=20,
+    )
+
+
+@cli.command()
+@data_dir_option
+@config_option
+def worker(data_dir: str | None, config_file: str | None) -> None:
+    """Run only the background workers (jobs, event delivery), e.g. on another box."""
+    settings = _settings(config_file, data_dir=data_dir)
+    _logging(settings)
+
+    async def until_signalled(_: Context) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo("appliance worker running; SIGTERM or Ctrl-C stops it", err=True)
+        await stop.wait()
+
+    _with_context(settings, "worker", until_signalled, start=True)
+
+
+@cli.command()
+@data_dir_option
+@config_option
+def migrate(data_dir: str | None, config_file: str | None) -> None:
+    """Apply pending database migrations."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    from appliance.app import assemble
+
+    ctx, _ = assemble(settings, role="cli")
+
+    async def go() -> None:
+        async with ctx.prepared() as applied:
+            for m in applied:
+                click.echo(f"applied {m.component}#{m.version}: {m.name}")
+            click.echo(f"{len(applied)} migration(s) applied; database at {settings.db_path}")
+
+    asyncio.run(go())
+
+
+@cli.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--scopes", required=True, help="Comma-separated, e.g. storage,search (or admin).")
+@click.option("--name", default="cli", show_default=True)
+@data_dir_option
+@config_option
+def keys_create(tenant: str, scopes: str, name: str, data_dir: str | None, config_file: str | None) -> None:
+    """Create a key and print its secret (shown this once)."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    async def create(ctx: Context) -> str:
+        key = await ctx.keys.create(tenant, name, [s.strip() for s in scopes.split(",") if s.strip()])
+        return key.secret
+
+    click.echo(_run_or_explain(lambda: _with_context(settings, "cli", create, start=False)))
+
+
+@keys.command("list")
+@click.option("--tenant", default="default", show_default=True)
+@data_dir_option
+@config_option
+def keys_list(tenant: str, data_dir: str | None, config_file: str | None) -> None:
+    """List a tenant's live keys (never their secrets)."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    async def listing(ctx: Context) -> list[str]:
+        page = await ctx.keys.list(tenant, 1000, None)
+        return [f"{k.id}  {k.name}  {','.join(k.scopes)}" for k in page.items]
+
+    for line in _run_or_explain(lambda: _with_context(settings, "cli", listing, start=False)):
+        click.echo(line)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--tenant", default="default", show_default=True)
+@data_dir_option
+@config_option
+def keys_revoke(key_id: str, tenant: str, data_dir: str | None, config_file: str | None) -> None:
+    """Revoke a key; it stops working on its next request."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    async def revoke(ctx: Context) -> None:
+        await ctx.keys.revoke(tenant, key_id)
+
+    _run_or_explain(lambda: _with_context(settings, "cli", revoke, start=False))
+    click.echo(f"revoked {key_id}")
+
+
+@cli.group()
+def tenants() -> None:
+    """Create and list tenants."""
+
+
+@tenants.command("create")
+@click.argument("tenant_id")
+@click.option("--name", default="")
+@data_dir_option
+@config_option
+def tenants_create(tenant_id: str, name: str, data_dir: str | None, config_file: str | None) -> None:
+    """Create a tenant."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    async def create(ctx: Context) -> None:
+        await ctx.tenants.create(tenant_id, name or tenant_id)
+
+    _run_or_explain(lambda: _with_context(settings, "cli", create, start=False))
+    click.echo(f"created tenant {tenant_id}")
+
+
+def _run_or_explain(call: Callable[[], T]) -> T:
+    from appliance.core.errors import Problem
+
+    try:
+        return call()
+    except Problem as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@cli.command()
+@data_dir_option
+@config_option
+def doctor(data_dir: str | None, config_file: str | None) -> None:
+    """Check every configured backend; one line each; exits non-zero naming what is down."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    async def check(ctx: Context) -> list[str]:
+        down = []
+        for status in await ctx.check_health():
+            mark = "ok  " if status.ok else "DOWN"
+            version = f" {status.version}" if status.version else ""
+            detail = f": {status.detail}" if status.detail else ""
+            click.echo(f"{mark} {status.name:<10} {status.backend} ({status.mode}){version}{detail}")
+            if not status.ok:
+                down.append(status.name)
+        return down
+
+    try:
+        down = _with_context(settings, "cli", check, start=True)
+    except Exception as exc:
+        raise click.ClickException(f"could not start the checks: {exc}") from None
+    if down:
+        raise click.ClickException(f"down: {', '.join(down)}")
+
+
+@cli.command("plugins")
+@config_option
+def plugins_cmd(config_file: str | None) -> None:
+    """List installed plugins, whether each is enabled, and the hooks it implements."""
+    from appliance.plugin import load_plugins
+
+    settings = _settings(config_file)
+    _, infos = load_plugins(settings.plugins)
+    if not infos:
+        click.echo("no plugins installed")
+    for info in infos:
+        state = "enabled " if info.enabled else "disabled"
+        click.echo(f"{info.name:<20} {info.version:<10} {state} {', '.join(info.hooks)}")
+
+
+def _add_plugin_commands() -> None:
+    """Mount the commands enabled plugins contribute (``appliance_cli_commands``)."""
+    from appliance.plugin import load_plugins
+
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return  # the failing command will report the bad setting itself
+    manager, _ = load_plugins(settings.plugins)
+    for group in manager.hook.appliance_cli_commands():
+        for command in group:
+            if command.name and command.name not in cli.commands:
+                cli.add_command(command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _add_plugin_commands()
+    cli()

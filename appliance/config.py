@@ -1,0 +1,191 @@
+"""Settings: one msgspec Struct read from ``APPLIANCE_*`` environment variables and an optional TOML file.
+
+Precedence, lowest first: defaults, the TOML file (``--config`` or ``APPLIANCE_CONFIG``), the environment.
+Every field ``foo_bar`` is set by ``APPLIANCE_FOO_BAR`` or by ``foo_bar = ...`` in the TOML file.
+An invalid value fails at start-up with a :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "describe_settings", "load_settings"]
+
+ENV_PREFIX = "APPLIANCE_"
+_RATE = re.compile(r"^(\d+)/(second|minute|hour|day)$")
+
+Rate = Annotated[
+    str, msgspec.Meta(pattern=_RATE.pattern, description="N/unit, unit in second|minute|hour|day")
+]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable and what it expects."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of the appliance. Field docs feed the README's configuration table."""
+
+    data_dir: str = "./data"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    public_url: str = ""
+    root_key: Annotated[str, msgspec.Meta(pattern=r"^(|\S{16,256})$")] = ""
+    log_level: Annotated[str, msgspec.Meta(pattern="^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+    plugins: str = "all"
+    backends: str = ""
+    redis_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    s3_bucket_prefix: str = "appliance"
+    meili_url: str = ""
+    meili_key: str = ""
+    smtp_url: str = ""
+    mail_from: str = "appliance@localhost"
+    stripe_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+    storage_max_object_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
+    rate_limit_per_key: Rate | None = "1000/second"
+    rate_limit_per_ip: Rate | None = "2000/second"
+    max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
+    worker: bool = True
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "appliance.db"
+
+    def rate(self, field: str) -> tuple[str, int] | None:
+        """Parse a ``N/unit`` rate setting into Litestar's ``(unit, N)``; ``None`` or ``0/...`` means off."""
+        value = getattr(self, field)
+        if not value:
+            return None
+        match = _RATE.match(value)
+        assert match is not None  # validated at load time
+        count = int(match.group(1))
+        return (match.group(2), count) if count > 0 else None
+
+
+# Never echoed back in an error message: they are credentials or may embed them.
+_SECRETS = {
+    "root_key",
+    "s3_secret_key",
+    "meili_key",
+    "smtp_url",
+    "stripe_key",
+    "stripe_webhook_secret",
+    "redis_url",
+}
+
+_DOCS: dict[str, str] = {
+    "data_dir": "Where the metadata DB, blobs and generated secrets live.",
+    "host": "Address `appliance run` binds to.",
+    "port": "Port `appliance run` listens on.",
+    "public_url": "Base URL clients reach the appliance at (used in signed URLs); default http://HOST:PORT.",
+    "root_key": "The root API key. Generated and printed once on first run when unset.",
+    "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "plugins": "Comma-separated installed plugins to enable, `all` (default) or `none`.",
+    "backends": "Plugin adapters to use instead of the built-in ones, e.g. `storage=aws-s3,jobs=sqs`.",
+    "redis_url": "Redis for jobs (arq), event delivery, realtime fan-out and rate limits across nodes.",
+    "s3_endpoint": "MinIO/S3 endpoint `host:port`; object storage moves there when set.",
+    "s3_access_key": "S3 access key.",
+    "s3_secret_key": "S3 secret key.",
+    "s3_region": "S3 region.",
+    "s3_secure": "Use TLS to reach the S3 endpoint.",
+    "s3_bucket_prefix": "Prefix of the physical buckets the appliance creates.",
+    "meili_url": "Meilisearch URL; full-text search moves there when set.",
+    "meili_key": "Meilisearch API key.",
+    "smtp_url": "`smtp://user:pass@host:port[?starttls=true]` or `smtps://...`; capture mode when unset.",
+    "mail_from": "Default sender address.",
+    "stripe_key": "Stripe secret key; payments answer 503 until set.",
+    "stripe_webhook_secret": "Secret that verifies `Stripe-Signature` on webhooks.",
+    "stripe_api_base": "Stripe API base URL (stripe-mock in tests).",
+    "storage_max_object_bytes": "Largest object accepted (413 past it), enforced while streaming.",
+    "rate_limit_per_key": "Requests allowed per API key, `N/second|minute|hour|day`; empty or 0 disables.",
+    "rate_limit_per_ip": "Requests allowed per client address, same format.",
+    "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
+    "worker": "Run the job worker and event dispatcher inside `appliance run`.",
+}
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """Rows of (variable, default, description) for every setting, in declaration order."""
+    defaults = Settings()
+    return [
+        (ENV_PREFIX + name.upper(), repr(getattr(defaults, name)), _DOCS[name])
+        for name in Settings.__struct_fields__
+    ]
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, str]:
+    fields = set(Settings.__struct_fields__)
+    picked: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in fields:
+                picked[name] = value
+    return picked
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _explain(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> ConfigError:
+    message = str(exc)
+    match = re.search(r"at `\$\.(\w+)`", message)
+    if match:
+        name = match.group(1)
+        shown = "<hidden>" if name in _SECRETS else raw.get(name, "")
+        what = message.split(" - at ")[0]
+        hint = f" ({_DOCS[name]})" if name in _DOCS else ""
+        return ConfigError(f"{ENV_PREFIX}{name.upper()}={shown!r} is invalid: {what}{hint}")
+    match = re.search(r"unknown field `(\w+)`", message)
+    if match:
+        return ConfigError(f"unknown setting {match.group(1)!r} in the config file")
+    return ConfigError(f"invalid configuration: {message}")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, the environment and explicit overrides.
+
+    Raises:
+        ConfigError: a value does not validate; the message names the ``APPLIANCE_*`` variable.
+    """
+    env = os.environ if env is None else env
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG") or None
+    raw: dict[str, Any] = {}
+    if config_file:
+        raw.update(_from_toml(Path(config_file)))
+    raw.update(_from_env(env))
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for name in ("rate_limit_per_key", "rate_limit_per_ip"):
+        if raw.get(name) == "":
+            raw[name] = None
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, raw) from None

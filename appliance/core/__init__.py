@@ -1,0 +1,1 @@
+"""Core services every capability builds on: the metadata DB, tenants, keys, errors, pagination."""

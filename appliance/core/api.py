@@ -1,0 +1,146 @@
+"""Health, identity, tenants and keys: API.md "Health and admin"."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from litestar.params import JSONBody, Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.types import ControllerRouterHandler
+
+from appliance.core.auth import requires, root_only
+from appliance.core.context import BackendStatus, Context
+from appliance.core.deps import AppContext, Caller
+from appliance.core.errors import problem_response
+from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
+from appliance.core.tenants import SCOPES, ApiKey, CreatedKey, Tenant, TenantId
+
+__all__ = ["install"]
+
+Scope = Annotated[str, msgspec.Meta(pattern="^(" + "|".join(SCOPES) + ")$")]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    backends: list[BackendStatus]
+
+
+class WhoAmI(msgspec.Struct):
+    tenant: str
+    key_id: str
+    scopes: list[str]
+    is_root: bool
+
+
+class NewTenant(msgspec.Struct, forbid_unknown_fields=True):
+    id: TenantId
+    name: Name
+
+
+class NewKey(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=len(SCOPES))]
+
+
+@get("/healthz", exclude_from_auth=True, tags=["health"], summary="The process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get(
+    "/readyz",
+    exclude_from_auth=True,
+    tags=["health"],
+    summary="Every backend answers (503 naming those down)",
+)
+async def readyz(ctx: AppContext) -> Response[Any]:
+    statuses = await ctx.check_health()
+    down = [s.name for s in statuses if not s.ok]
+    if down:
+        return problem_response(
+            503,
+            f"backends down: {', '.join(down)}",
+            slug="backend-unavailable",
+            backends=msgspec.to_builtins(statuses),
+        )
+    return Response(Readiness(status="ready", backends=statuses), status_code=HTTP_200_OK)
+
+
+@get("/v1/whoami", tags=["identity"], summary="The calling key")
+async def whoami(principal: Caller) -> WhoAmI:
+    return WhoAmI(
+        tenant=principal.tenant,
+        key_id=principal.key_id,
+        scopes=sorted(principal.scopes),
+        is_root=principal.is_root,
+    )
+
+
+class TenantController(Controller):
+    path = "/v1/tenants"
+    tags = ["tenants"]
+    guards = [root_only]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Create a tenant (root key)")
+    async def create(self, ctx: AppContext, data: JSONBody[NewTenant]) -> Tenant:
+        return await ctx.tenants.create(data.id, data.name)
+
+    @get("/", summary="List tenants (root key)")
+    async def list_tenants(
+        self, ctx: AppContext, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+    ) -> Page[Tenant]:
+        return await ctx.tenants.list(limit, cursor)
+
+    @get("/{tenant_id:str}", summary="One tenant (root key)")
+    async def get_tenant(
+        self, ctx: AppContext, tenant_id: Annotated[str, Parameter(max_length=63)]
+    ) -> Tenant:
+        return await ctx.tenants.get(tenant_id)
+
+    @delete("/{tenant_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a tenant and all it owns")
+    async def delete_tenant(
+        self, ctx: AppContext, tenant_id: Annotated[str, Parameter(max_length=63)]
+    ) -> None:
+        await ctx.tenants.delete(tenant_id)
+
+
+class KeyController(Controller):
+    path = "/v1/keys"
+    tags = ["keys"]
+    guards = [requires("admin")]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Create a key; its secret is shown this once")
+    async def create(self, ctx: AppContext, principal: Caller, data: JSONBody[NewKey]) -> CreatedKey:
+        return await ctx.keys.create(principal.tenant, data.name, list(data.scopes))
+
+    @get("/", summary="List the tenant's live keys (never their secrets)")
+    async def list_keys(
+        self, ctx: AppContext, principal: Caller, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+    ) -> Page[ApiKey]:
+        return await ctx.keys.list(principal.tenant, limit, cursor)
+
+    @delete("/{key_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Revoke a key, effective immediately")
+    async def revoke(
+        self, ctx: AppContext, principal: Caller, key_id: Annotated[str, Parameter(max_length=64)]
+    ) -> None:
+        await ctx.keys.revoke(principal.tenant, key_id)
+
+
+def install(ctx: Context) -> list[ControllerRouterHandler]:
+    """The core routes and the metadata DB's health check; the core's migrations are already on the context."""
+
+    async def metadata() -> BackendStatus:
+        row = await ctx.db.fetchone("SELECT sqlite_version() AS v")
+        return BackendStatus(
+            name="metadata", backend="sqlite", mode="embedded", ok=True, version=row["v"] if row else ""
+        )
+
+    ctx.health.append(metadata)
+    return [healthz, readyz, whoami, TenantController, KeyController]
