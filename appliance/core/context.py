@@ -69,6 +69,8 @@ class Context:
     token_verifiers: list[TokenVerifier] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)
     generated_root_key: str | None = None
+    _job_handlers: dict[str, JobHandler] = field(default_factory=dict)
+    _event_handlers: list[EventHandlerSpec] = field(default_factory=list)
     _startup: list[Step] = field(default_factory=list)
     _shutdown: list[Step] = field(default_factory=list)
 
@@ -128,14 +130,26 @@ class Context:
             )
         return available[chosen].factory(self)
 
+    def register_job_handler(self, job_type: str, handler: JobHandler) -> None:
+        """A capability's own job handler (plugins use the ``appliance_job_handlers`` hook)."""
+        self._job_handlers[job_type] = handler
+
+    def register_event_handler(self, spec: EventHandlerSpec) -> None:
+        """A capability's own in-process event handler (plugins use ``appliance_event_handlers``)."""
+        self._event_handlers.append(spec)
+
     def job_handlers(self) -> dict[str, JobHandler]:
+        """Every job handler by type: the capabilities' own, then the plugins' (which may not override them)."""
         handlers: dict[str, JobHandler] = {}
         for group in self.plugins.hook.appliance_job_handlers():
             handlers.update(group)
+        handlers.update(self._job_handlers)
         return handlers
 
     def event_handlers(self) -> list[EventHandlerSpec]:
-        return [spec for group in self.plugins.hook.appliance_event_handlers() for spec in group]
+        """Every in-process event handler: the capabilities' own and the plugins'."""
+        plugin_specs = [spec for group in self.plugins.hook.appliance_event_handlers() for spec in group]
+        return [*self._event_handlers, *plugin_specs]
 
     async def check_health(self, timeout: float = 3.0) -> list[BackendStatus]:
         """Run every health check concurrently, each bounded by ``timeout``."""
