@@ -22,7 +22,6 @@ from appliance.core.db import Migration
 
 if TYPE_CHECKING:
     from appliance.core.context import Context
-    from appliance.core.outbox import Event
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -50,11 +49,13 @@ JobHandler = Callable[..., Awaitable[Any]]
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """An adapter for a port. ``factory(ctx)`` builds it; pick it with ``APPLIANCE_BACKENDS=port=name``."""
+    """An adapter for a port. ``factory(ctx: Context)`` builds it; pick it with ``APPLIANCE_BACKENDS=port=name``."""
 
     port: str
     name: str
-    factory: Callable[[Context], Any]
+    # Typed loosely on purpose: these dataclasses are introspected at run time (msgspec, Litestar),
+    # where the Context and Event names behind TYPE_CHECKING do not exist.
+    factory: Callable[[Any], Any]
     description: str = ""
 
 
@@ -64,7 +65,7 @@ class EventHandlerSpec:
 
     name: str
     pattern: dict[str, Any]
-    handler: Callable[[Context, Event], Awaitable[None]]
+    handler: Callable[[Any, Any], Awaitable[None]]  # (ctx: Context, event: Event)
 
 
 @dataclass(frozen=True)
