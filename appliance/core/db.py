@@ -152,7 +152,10 @@ class Database:
             return await tx.execute(sql, params)
 
     async def migrate(self, migrations: Iterable[Migration]) -> list[Migration]:
-        """Apply the migrations not yet applied, per component in version order; return those applied."""
+        """Apply the migrations not yet applied; return those applied.
+
+        Components apply in the order first listed, each component's versions in ascending order.
+        """
         conn = self.writer
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
@@ -162,9 +165,12 @@ class Database:
             (r[0], r[1])
             for r in await conn.execute_fetchall("SELECT component, version FROM schema_migrations")
         }
+        # Components apply in the order they are first listed (core first), versions in order within each.
+        listed = list(migrations)
+        rank = {c: i for i, c in reversed(list(enumerate(m.component for m in listed)))}
         pending = sorted(
-            (m for m in migrations if (m.component, m.version) not in done),
-            key=lambda m: (m.component, m.version),
+            (m for m in listed if (m.component, m.version) not in done),
+            key=lambda m: (rank[m.component], m.version),
         )
         _check_unique(pending)
         for migration in pending:
