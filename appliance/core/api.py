@@ -133,6 +133,24 @@ class KeyController(Controller):
         await ctx.keys.revoke(principal.tenant, key_id)
 
 
+async def redis_status(url: str) -> BackendStatus:
+    """Whether the shared Redis answers (rate limits, and the capabilities that move there)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        info = await client.info("server")
+        return BackendStatus(
+            name="redis", backend="redis", mode="server", ok=True, version=str(info["redis_version"])
+        )
+    except (RedisError, OSError) as exc:
+        hint = "is redis-server running and APPLIANCE_REDIS_URL right?"
+        return BackendStatus(name="redis", backend="redis", mode="server", ok=False, detail=f"{exc}; {hint}")
+    finally:
+        await client.aclose()
+
+
 def install(ctx: Context) -> list[ControllerRouterHandler]:
     """The core routes and the metadata DB's health check; the core's migrations are already on the context."""
 
@@ -143,4 +161,6 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
         )
 
     ctx.health.append(metadata)
+    if ctx.settings.redis_url:
+        ctx.health.append(lambda: redis_status(ctx.settings.redis_url))
     return [healthz, readyz, whoami, TenantController, KeyController]

@@ -1,0 +1,33 @@
+"""Rate limits per key and per client address: 429 problem+json with Retry-After."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar.testing import AsyncTestClient
+
+from appliance.app import create_app
+from tests.conftest import ROOT, make_settings
+
+
+async def test_per_key_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, rate_limit_per_key="3/minute", rate_limit_per_ip="100/minute"))
+    async with AsyncTestClient(app) as client:
+        statuses = [(await client.get("/v1/whoami", headers=ROOT)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        limited = await client.get("/v1/whoami", headers=ROOT)
+        assert limited.headers["content-type"].startswith("application/problem+json")
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["status"] == 429 and "Retry-After" in limited.json()["detail"]
+        # Another key has its own budget; health checks are never limited.
+        other = await client.get("/v1/whoami", headers={"Authorization": "Bearer another"})
+        assert other.status_code == 401
+        health = [(await client.get("/healthz")).status_code for _ in range(5)]
+        assert health == [200] * 5
+
+
+async def test_per_address_limit_covers_unauthenticated_requests(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, rate_limit_per_key="", rate_limit_per_ip="2/minute"))
+    async with AsyncTestClient(app) as client:
+        statuses = [(await client.get("/v1/whoami")).status_code for _ in range(3)]
+        assert statuses == [401, 401, 429]
