@@ -41,6 +41,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: Annotated[str, msgspec.Meta(pattern="^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
     plugins: str = "all"
     backends: str = ""
+    storage_backend: str = ""
+    search_backend: str = ""
+    jobs_backend: str = ""
+    mail_backend: str = ""
+    push_backend: str = ""
+    events_backend: str = ""
     redis_url: str = ""
     s3_endpoint: str = ""
     s3_access_key: str = ""
@@ -99,7 +105,13 @@ _DOCS: dict[str, str] = {
     "root_key": "The root API key. Generated and printed once on first run when unset.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "plugins": "Comma-separated installed plugins to enable, `all` (default) or `none`.",
-    "backends": "Plugin adapters to use instead of the built-in ones, e.g. `storage=aws-s3,jobs=sqs`.",
+    "backends": "Plugin adapters for any port as `port=name,...` (the `*_BACKEND` settings win for theirs).",
+    "storage_backend": "A plugin's storage adapter to use instead of the built-in choice (e.g. `aws-s3`).",
+    "search_backend": "A plugin's search adapter to use instead of the built-in choice.",
+    "jobs_backend": "A plugin's job-queue adapter to use instead of the built-in choice (e.g. `aws-sqs`).",
+    "mail_backend": "A plugin's mailer to use instead of SMTP/capture (e.g. `aws-ses`).",
+    "push_backend": "A plugin's push adapter to use instead of Web Push (e.g. `aws-sns`).",
+    "events_backend": "A plugin's event forwarder, added to local dispatch (e.g. `aws-eventbridge`).",
     "redis_url": "Redis for jobs (arq), event delivery, realtime fan-out and rate limits across nodes.",
     "s3_endpoint": "MinIO/S3 endpoint `host:port`; object storage moves there when set.",
     "s3_access_key": "S3 access key.",

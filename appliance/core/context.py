@@ -110,10 +110,13 @@ class Context:
         }
 
     def chosen_backend(self, port: str) -> str | None:
-        """The backend name ``APPLIANCE_BACKENDS`` picks for ``port`` (``storage=aws-s3,jobs=sqs``), if any."""
+        """The plugin backend picked for ``port``: ``APPLIANCE_<PORT>_BACKEND``, else ``APPLIANCE_BACKENDS``."""
+        specific: str = getattr(self.settings, f"{port}_backend", "")
+        if specific:
+            return specific
         for pair in filter(None, (p.strip() for p in self.settings.backends.split(","))):
             name, _, value = pair.partition("=")
-            if name.strip() == port:
+            if name.strip() == port and value.strip():
                 return value.strip()
         return None
 
@@ -125,7 +128,7 @@ class Context:
         available = self.backends(port)
         if chosen not in available:
             raise ConfigError(
-                f"APPLIANCE_BACKENDS picks {chosen!r} for {port!r}, but no enabled plugin provides it"
+                f"APPLIANCE_{port.upper()}_BACKEND={chosen!r}, but no enabled plugin provides that {port} backend"
                 f" (available: {sorted(available) or 'none'})"
             )
         return available[chosen].factory(self)
