@@ -26,7 +26,8 @@ from appliance.core.auth import ApiKeyMiddleware
 from appliance.core.context import Context, Role, build_context
 from appliance.core.deps import DEPENDENCIES
 from appliance.core.errors import exception_handlers
-from appliance.core.http_log import RequestLogMiddleware
+from appliance.core.http_log import RequestLogMiddleware, stamp_request_id
+from appliance.core.metrics import http_metrics_middleware
 from appliance.core.ratelimit import rate_limit_middlewares
 
 __all__ = ["assemble", "create_app"]
@@ -75,10 +76,12 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[object]
         dependencies=DEPENDENCIES,
         middleware=[
             RequestLogMiddleware,
+            http_metrics_middleware(),
             *rate_limit_middlewares(settings),
             DefineMiddleware(ApiKeyMiddleware, exclude=_AUTH_EXCLUDE),
         ],
         exception_handlers=exception_handlers,
+        before_send=[stamp_request_id],
         openapi_config=_openapi(),
         state=State({"ctx": ctx}),
         lifespan=[lifespan],

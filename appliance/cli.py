@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,6 +12,7 @@ import click
 from appliance import __version__
 from appliance.config import ConfigError, Settings, load_settings
 from appliance.core.context import Context, Role
+from appliance.core.http_log import configure_logging
 
 __all__ = ["cli", "main"]
 
@@ -33,11 +32,7 @@ def _settings(config_file: str | None, **overrides: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # aiosqlite's debug lines echo SQL parameters; keep them out of even a DEBUG log.
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _with_context(settings: Settings, role: Role, body: Callable[[Context], Awaitable[T]], start: bool) -> T:

@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     public_url: str = ""
     root_key: Annotated[str, msgspec.Meta(pattern=r"^(|\S{16,256})$")] = ""
     log_level: Annotated[str, msgspec.Meta(pattern="^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+    log_format: Annotated[str, msgspec.Meta(pattern="^(text|json)$")] = "text"
     plugins: str = "all"
     backends: str = ""
     storage_backend: str = ""
@@ -66,6 +67,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit_per_ip: Rate | None = "2000/second"
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
     worker: bool = True
+    metrics_token: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -104,6 +106,7 @@ _DOCS: dict[str, str] = {
     "public_url": "Base URL clients reach the appliance at (used in signed URLs); default http://HOST:PORT.",
     "root_key": "The root API key. Generated and printed once on first run when unset.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "log_format": "`text` for people, `json` (one object per line, with request ids) for log pipelines.",
     "plugins": "Comma-separated installed plugins to enable, `all` (default) or `none`.",
     "backends": "Plugin adapters for any port as `port=name,...` (the `*_BACKEND` settings win for theirs).",
     "storage_backend": "A plugin's storage adapter to use instead of the built-in choice (e.g. `aws-s3`).",
@@ -130,6 +133,7 @@ _DOCS: dict[str, str] = {
     "rate_limit_per_key": "Requests allowed per API key, `N/second|minute|hour|day`; empty or 0 disables.",
     "rate_limit_per_ip": "Requests allowed per client address, same format.",
     "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
+    "metrics_token": "Bearer token Prometheus sends to scrape `/metrics` (the root key works too).",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
 }
 
