@@ -19,7 +19,7 @@ from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from litestar.types import ControllerRouterHandler
 
-from appliance import __version__
+from appliance import __version__, ops
 from appliance.config import Settings, load_settings
 from appliance.core import api as core_api
 from appliance.core.auth import ApiKeyMiddleware
@@ -35,7 +35,7 @@ __all__ = ["assemble", "create_app"]
 Installer = Callable[[Context], list[ControllerRouterHandler]]
 
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
-CAPABILITIES: list[Installer] = [core_api.install]
+CAPABILITIES: list[Installer] = [core_api.install, ops.install]
 
 _AUTH_EXCLUDE = ["^/schema"]
 

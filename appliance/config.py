@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
     worker: bool = True
     metrics_token: str = ""
+    backup_interval_hours: Annotated[float, msgspec.Meta(ge=0)] = 0
+    backup_dir: str = ""
+    backup_keep: Annotated[int, msgspec.Meta(ge=1)] = 7
 
     @property
     def data_path(self) -> Path:
@@ -134,6 +137,9 @@ _DOCS: dict[str, str] = {
     "rate_limit_per_ip": "Requests allowed per client address, same format.",
     "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
     "metrics_token": "Bearer token Prometheus sends to scrape `/metrics` (the root key works too).",
+    "backup_interval_hours": "Take a backup every N hours in the worker (0: off).",
+    "backup_dir": "Where scheduled backups go (default: DATA_DIR/backups).",
+    "backup_keep": "How many scheduled backups to keep.",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
 }
 
