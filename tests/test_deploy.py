@@ -83,7 +83,7 @@ def test_the_image_entry_command_serves_and_passes_its_healthcheck(tmp_path: Pat
     )
     executable = str(Path(sys.executable).parent / command[0])
     process = subprocess.Popen(
-        [executable, *command[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [executable, *command[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 20
