@@ -6,12 +6,18 @@ set -Eeuo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: ./install.sh [--dev] [--help]
+Usage: ./install.sh [--dev | --system] [--help]
 
   (no flag)  create .venv, install the appliance and any plugins/*/ (editable)
   --dev      also install the dev extras and the test peers:
                redis-server, chromium   (apt-get; needs root or sudo)
                minio, stripe-mock       (go install into .tools/bin)
+  --system   on-prem install on a Debian/Ubuntu host (root): a system user
+             'appliance', /opt/appliance (code), /var/lib/appliance (data),
+             /etc/appliance/appliance.env (settings, with a generated root key)
+             and systemd units (appliance, and an optional appliance-worker).
+             APPLIANCE_SYSTEM_ROOT=/some/dir writes all of it under that
+             directory instead (a throwaway root: no user, no systemctl).
   --help     show this help
 
 Running it twice is safe: anything already installed is skipped.
@@ -19,13 +25,17 @@ EOF
 }
 
 DEV=0
+SYSTEM=0
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
+        --system) SYSTEM=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install.sh: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+if [[ $DEV == 1 && $SYSTEM == 1 ]]; then echo "install.sh: --dev and --system do not go together" >&2; exit 2; fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -37,6 +47,7 @@ STAMP="$VENV/.appliance-install-stamp"
 
 TOTAL=5
 if [[ $DEV == 1 ]]; then TOTAL=7; fi
+if [[ $SYSTEM == 1 ]]; then TOTAL=6; fi
 STEP_NO=0
 STEP_NAME="startup"
 INSTALLED=()
@@ -100,6 +111,13 @@ pip_is_current() {
 step "Find Python >= 3.11"
 PYTHON="$(find_python)" || die "no Python >= 3.11 found (tried python3.13, python3.12, python3.11, python3); install python3.11 or newer"
 note "using $PYTHON ($("$PYTHON" -c 'import platform; print(platform.python_version())'))"
+
+if [[ $SYSTEM == 1 ]]; then
+    # shellcheck source=deploy/system-install.sh
+    source "$ROOT/deploy/system-install.sh"
+    system_install
+    exit 0
+fi
 
 step "Create virtualenv .venv"
 if [[ -x $VENV/bin/python ]]; then
