@@ -9,9 +9,9 @@ from urllib.parse import unquote
 
 import msgspec
 from litestar import Request, Response, delete, get, head, post, put
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
@@ -71,7 +71,11 @@ def _key(request: Request[Any, Any, Any], param: str, skip: int = 5) -> str:
     summary="Upload an object (the body is streamed; x-meta-* headers become user metadata)",
 )
 async def put_object(
-    ctx: AppContext, principal: Caller, request: Request[Any, Any, Any], bucket: str, key: str
+    ctx: AppContext,
+    principal: Caller,
+    request: Request[Any, Any, Any],
+    bucket: FromPath[str],
+    key: FromPath[str],
 ) -> ObjectInfo:
     headers = request.headers
     declared = headers.get("content-length")
@@ -89,21 +93,33 @@ async def put_object(
 
 @get(OBJECT, guards=_GUARDS, tags=["storage"], summary="Download an object (Range, If-None-Match)")
 async def get_object(
-    ctx: AppContext, principal: Caller, request: Request[Any, Any, Any], bucket: str, key: str
+    ctx: AppContext,
+    principal: Caller,
+    request: Request[Any, Any, Any],
+    bucket: FromPath[str],
+    key: FromPath[str],
 ) -> Response[Any]:
     return await _serve(_service(ctx), principal.tenant, bucket, _key(request, key), request)
 
 
 @head(OBJECT, guards=_GUARDS, tags=["storage"], summary="An object's headers, without its bytes")
 async def head_object(
-    ctx: AppContext, principal: Caller, request: Request[Any, Any, Any], bucket: str, key: str
+    ctx: AppContext,
+    principal: Caller,
+    request: Request[Any, Any, Any],
+    bucket: FromPath[str],
+    key: FromPath[str],
 ) -> Response[None]:
     return await _serve_head(_service(ctx), principal.tenant, bucket, _key(request, key), request)
 
 
 @delete(OBJECT, guards=_GUARDS, status_code=HTTP_204_NO_CONTENT, tags=["storage"], summary="Delete an object")
 async def delete_object(
-    ctx: AppContext, principal: Caller, request: Request[Any, Any, Any], bucket: str, key: str
+    ctx: AppContext,
+    principal: Caller,
+    request: Request[Any, Any, Any],
+    bucket: FromPath[str],
+    key: FromPath[str],
 ) -> None:
     await _service(ctx).delete(principal.tenant, bucket, _key(request, key))
 
@@ -111,7 +127,7 @@ async def delete_object(
 @post(
     OBJECT,
     guards=_GUARDS,
-    status_code=HTTP_201_CREATED,
+    status_code=HTTP_200_OK,
     tags=["storage"],
     summary="POST .../{key}/url: a signed URL that downloads the object without a key until it expires",
 )
@@ -119,8 +135,8 @@ async def sign_url(
     ctx: AppContext,
     principal: Caller,
     request: Request[Any, Any, Any],
-    bucket: str,
-    key: str,
+    bucket: FromPath[str],
+    key: FromPath[str],
     data: JSONBody[UrlRequest],
 ) -> SignedUrl:
     # Litestar's ``path`` parameter must end the route, so ``/url`` arrives as the key's last segment.
@@ -139,7 +155,7 @@ async def sign_url(
 async def list_objects(
     ctx: AppContext,
     principal: Caller,
-    bucket: str,
+    bucket: FromPath[str],
     prefix: Prefix = "",
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
@@ -154,11 +170,11 @@ SIGNED = SIGNED_PREFIX + "/{tenant:str}/{bucket:str}/{key:path}"
 async def get_signed(
     ctx: AppContext,
     request: Request[Any, Any, Any],
-    tenant: str,
-    bucket: str,
-    key: str,
-    expires: str = "",
-    signature: str = "",
+    tenant: FromPath[str],
+    bucket: FromPath[str],
+    key: FromPath[str],
+    expires: FromQuery[str] = "",
+    signature: FromQuery[str] = "",
 ) -> Response[Any]:
     service = _service(ctx)
     service.verify(tenant, bucket, _key(request, key), expires, signature)
@@ -169,11 +185,11 @@ async def get_signed(
 async def head_signed(
     ctx: AppContext,
     request: Request[Any, Any, Any],
-    tenant: str,
-    bucket: str,
-    key: str,
-    expires: str = "",
-    signature: str = "",
+    tenant: FromPath[str],
+    bucket: FromPath[str],
+    key: FromPath[str],
+    expires: FromQuery[str] = "",
+    signature: FromQuery[str] = "",
 ) -> Response[None]:
     service = _service(ctx)
     service.verify(tenant, bucket, _key(request, key), expires, signature)
@@ -211,11 +227,13 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None or match.group(1) == match.group(2) == "":
         return None
     first, last = match.group(1), match.group(2)
+    if first and last and int(last) < int(first):
+        return None  # syntactically invalid: ignored
     if first == "":  # the last N bytes
         start, end = max(size - int(last), 0), size - 1
     else:
         start, end = int(first), min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
+    if start >= size:
         raise RangeNotSatisfiable(
             f"the range {header!r} is outside the object's {size} bytes",
             headers={"Content-Range": f"bytes */{size}"},
@@ -224,7 +242,11 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def _serve_head(
-    service: StorageService, tenant: str, bucket: str, key: str, request: Request[Any, Any, Any]
+    service: StorageService,
+    tenant: FromPath[str],
+    bucket: FromPath[str],
+    key: FromPath[str],
+    request: Request[Any, Any, Any],
 ) -> Response[None]:
     info, _ = await service.head(tenant, bucket, key)
     headers = _headers(info)
@@ -235,7 +257,11 @@ async def _serve_head(
 
 
 async def _serve(
-    service: StorageService, tenant: str, bucket: str, key: str, request: Request[Any, Any, Any]
+    service: StorageService,
+    tenant: FromPath[str],
+    bucket: FromPath[str],
+    key: FromPath[str],
+    request: Request[Any, Any, Any],
 ) -> Response[Any]:
     info, blob = await service.head(tenant, bucket, key)
     headers = _headers(info)

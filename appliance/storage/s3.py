@@ -133,7 +133,7 @@ class S3BlobStore:
                 number += 1
                 if in_flight is not None:
                     await in_flight  # one part in flight while the next is read
-                in_flight = asyncio.ensure_future(uploader.upload_part(pending, number))
+                in_flight = asyncio.ensure_future(uploader.upload_part(io.BytesIO(pending), number))
                 size += len(pending)
                 pending = queue.pop() if queue else await anext(rest, None)
             if in_flight is not None:
