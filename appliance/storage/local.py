@@ -60,14 +60,17 @@ class LocalBlobStore:
         try:
             handle = await asyncio.to_thread(_create, temp)
             try:
-                buffer = bytearray()
+                pending: list[bytes] = []
+                held = 0
                 async for chunk in chunks:
-                    buffer += chunk
-                    size += len(chunk)
-                    if len(buffer) >= _BUFFER:
-                        await asyncio.to_thread(_write, handle, digest, bytes(buffer))
-                        buffer.clear()
-                await asyncio.to_thread(_write, handle, digest, bytes(buffer))
+                    pending.append(chunk)
+                    held += len(chunk)
+                    if held >= _BUFFER:
+                        await _write(handle, digest, b"".join(pending))
+                        size += held
+                        pending, held = [], 0
+                await _write(handle, digest, b"".join(pending))
+                size += held
                 await asyncio.to_thread(os.fsync, handle.fileno())
             finally:
                 await asyncio.to_thread(handle.close)
@@ -154,9 +157,9 @@ def _create(path: Path) -> BinaryIO:
     return path.open("xb")
 
 
-def _write(handle: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
-    digest.update(data)
-    handle.write(data)
+async def _write(handle: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
+    # Hashing and writing both release the GIL: run them side by side.
+    await asyncio.gather(asyncio.to_thread(digest.update, data), asyncio.to_thread(handle.write, data))
 
 
 def _publish(temp: Path, final: Path) -> None:

@@ -4,8 +4,8 @@ All tenants share one physical bucket (``APPLIANCE_S3_BUCKET_PREFIX``, created a
 every object name is ``<tenant>/<name>``, built in one place (:meth:`S3BlobStore._object`) from a
 validated tenant id, so one tenant's calls cannot address another's objects.
 
-Uploads of unknown length go up as multipart uploads in 8 MiB parts, one part in flight while the
-next is read, so memory stays around two parts; a failed or oversized upload is aborted, leaving no
+Uploads of unknown length go up as multipart uploads in 8 MiB parts, two in flight while the next
+is read, so memory stays around a few parts; a failed or oversized upload is aborted, leaving no
 object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
 after 24 hours; on AWS add an ``AbortIncompleteMultipartUpload`` lifecycle rule).
 """
@@ -21,8 +21,10 @@ from typing import Any
 
 import aiohttp
 from miniopy_async.api import Minio
+from miniopy_async.datatypes import Part
 from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException, S3Error
+from miniopy_async.helpers import DictType
 
 from appliance.config import Settings
 from appliance.core.context import BackendStatus
@@ -31,7 +33,8 @@ from appliance.storage import BlobInfo, BlobNotFound, BlobPage, BlobStat, Storag
 __all__ = ["S3BlobStore"]
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 1024 * 1024
+_IN_FLIGHT = 2  # parts uploading while the next is read
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
 
@@ -84,7 +87,7 @@ class S3BlobStore:
         # A session of our own: bounded connect/read timeouts, and no silent retries that would
         # turn "MinIO is down" into a minute-long hang instead of a prompt 503.
         timeout = aiohttp.ClientTimeout(connect=self._timeout, sock_read=self._timeout)
-        self._client.set_session(aiohttp.ClientSession(timeout=timeout))
+        self._client.set_session(aiohttp.ClientSession(timeout=timeout, read_bufsize=_READ_CHUNK))
         with contextlib.suppress(StorageUnavailable):
             await self._ensure_bucket()
 
@@ -123,31 +126,39 @@ class S3BlobStore:
         return BlobInfo(size=size, etag=digest.hexdigest())
 
     async def _multipart(self, key: str, first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> int:
-        uploader = self._client.multipart_uploader(self.bucket, key)
-        number, size = 0, 0
-        in_flight: asyncio.Task[Any] | None = None
+        # The client's own multipart steps (what its put_object uses), so that parts can upload
+        # concurrently and still be completed in part-number order.
+        client = self._client
+        headers: DictType = {"Content-Type": "application/octet-stream"}
+        upload_id = await client._create_multipart_upload(self.bucket, key, headers)
+        size = 0
+        in_flight: list[asyncio.Task[Part]] = []
+        done: list[Part] = []
         try:
-            pending: bytes | None = first
-            queue: list[bytes] = [second]
-            while pending is not None:
+            number = 0
+            part: bytes | None = first
+            upcoming: bytes | None = second
+            while part is not None:
                 number += 1
-                if in_flight is not None:
-                    await in_flight  # one part in flight while the next is read
-                in_flight = asyncio.ensure_future(uploader.upload_part(io.BytesIO(pending), number))
-                size += len(pending)
-                pending = queue.pop() if queue else await anext(rest, None)
-            if in_flight is not None:
-                await in_flight
-            await uploader.complete()
+                if len(in_flight) >= _IN_FLIGHT:
+                    done.append(await in_flight.pop(0))  # at most _IN_FLIGHT parts held while reading on
+                in_flight.append(asyncio.ensure_future(self._upload_part(key, upload_id, number, part)))
+                size += len(part)
+                part, upcoming = upcoming, (await anext(rest, None) if upcoming is not None else None)
+            done += [await task for task in in_flight]
+            await client._complete_multipart_upload(self.bucket, key, upload_id, done)
         except BaseException:
-            if in_flight is not None and not in_flight.done():
-                in_flight.cancel()
-                with contextlib.suppress(BaseException):
-                    await in_flight
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await asyncio.shield(uploader.abort())  # type: ignore[no-untyped-call]
+                await asyncio.shield(client._abort_multipart_upload(self.bucket, key, upload_id))
             raise
         return size
+
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
+        etag = await self._client._upload_part(self.bucket, key, io.BytesIO(data), None, upload_id, number)
+        return Part(number, etag)
 
     async def get(
         self, tenant: str, name: str, offset: int = 0, length: int | None = None
@@ -243,16 +254,18 @@ class S3BlobStore:
 
 
 async def _parts(chunks: AsyncIterable[bytes], digest: Any) -> AsyncGenerator[bytes, None]:
-    """Regroup ``chunks`` into ``PART_SIZE`` parts (the last may be shorter), hashing as they pass."""
-    buffer = bytearray()
+    """Regroup ``chunks`` into parts of at least ``PART_SIZE`` (the last may be shorter), hashing them."""
+    pending: list[bytes] = []
+    held = 0
     async for chunk in chunks:
         digest.update(chunk)
-        buffer += chunk
-        while len(buffer) >= PART_SIZE:
-            yield bytes(buffer[:PART_SIZE])
-            del buffer[:PART_SIZE]
-    if buffer:
-        yield bytes(buffer)
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= PART_SIZE:
+            yield b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 async def _empty() -> AsyncIterator[bytes]:
