@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException, S3Error
 from miniopy_async.helpers import DictType
 
-from appliance.config import Settings
+from appliance.config import ConfigError, Settings
 from appliance.core.context import BackendStatus
 from appliance.storage import BlobInfo, BlobNotFound, BlobPage, BlobStat, StorageUnavailable, check_blob_name
 
@@ -35,6 +36,7 @@ __all__ = ["S3BlobStore"]
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
 _READ_CHUNK = 1024 * 1024
 _IN_FLIGHT = 2  # parts uploading while the next is read
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
 
@@ -64,6 +66,11 @@ class S3BlobStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3BlobStore:
+        if not _BUCKET.match(settings.s3_bucket_prefix):
+            raise ConfigError(
+                f"APPLIANCE_S3_BUCKET_PREFIX={settings.s3_bucket_prefix!r} is not a valid S3 bucket name:"
+                " use 3-63 lowercase letters, digits, dots and dashes"
+            )
         return cls(
             settings.s3_endpoint,
             settings.s3_access_key,

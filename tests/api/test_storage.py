@@ -514,3 +514,12 @@ async def test_s3_down_is_503_naming_it(tmp_path: Path) -> None:
         ready = assert_problem(await client.get("/readyz"), 503)
         assert "storage" in ready["detail"]
         assert (await client.get(OBJ, headers=ROOT)).status_code == 200  # metadata still answers
+
+
+def test_an_invalid_physical_bucket_name_fails_at_start(tmp_path: Path) -> None:
+    from appliance.app import create_app
+    from appliance.config import ConfigError
+
+    settings = make_settings(tmp_path / "data", s3_endpoint="127.0.0.1:9", s3_bucket_prefix="Not_A_Bucket")
+    with pytest.raises(ConfigError, match="APPLIANCE_S3_BUCKET_PREFIX"):
+        create_app(settings)
