@@ -160,7 +160,7 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
     service = StorageService(ctx, store)
     ctx.migrations.extend(MIGRATIONS)
     ctx.on_startup(service.start)
-    ctx.on_shutdown(store.close)
+    ctx.on_shutdown(service.stop)
     ctx.health.append(store.health)
     ctx.tenants.purgers.append(service.purge_tenant)
     ctx.provide("storage", service)

@@ -8,10 +8,12 @@ removes its blob, so neither a partial object nor orphan metadata survives it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
@@ -52,6 +54,7 @@ MIGRATIONS = [
             updated_at REAL NOT NULL,
             PRIMARY KEY (tenant_id, bucket, key)
         );
+        CREATE INDEX storage_objects_by_blob ON storage_objects (tenant_id, blob);
         """,
     )
 ]
@@ -66,6 +69,8 @@ DEFAULT_CACHE_CONTROL = "private, no-cache"
 MAX_EXPIRES_IN = 7 * 24 * 3600
 _SIGNING_ROW = "storage_url_signing_secret"
 SIGNED_PREFIX = "/v1/signed"
+GC_MIN_AGE = 600.0
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # appliance.core.ids: Crockford base32, lower case
 
 
 class ObjectInfo(msgspec.Struct):
@@ -138,10 +143,64 @@ class StorageService:
             "/"
         )
         self._secret = b""
+        self._gc_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.start()
         self._secret = await self._signing_secret()
+        if self.ctx.runs_workers:
+            self._gc_task = asyncio.create_task(self._collect_in_background())
+
+    async def stop(self) -> None:
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc_task
+        await self.store.close()
+
+    async def _collect_in_background(self) -> None:
+        try:
+            removed = await self.collect_garbage()
+        except Exception:
+            log.warning(
+                "storage garbage collection failed; it will run again at the next start", exc_info=True
+            )
+            return
+        if removed:
+            log.info("removed %d unreferenced blobs", removed)
+
+    async def collect_garbage(self, min_age: float = GC_MIN_AGE) -> int:
+        """Delete blobs that no object points at and that are older than ``min_age`` seconds; return how many.
+
+        Such blobs exist only if a process died in the instant between a blob landing and its metadata
+        committing (or a replaced blob's deletion failing). Blob names carry their creation time, so
+        uploads still in progress elsewhere (younger than ``min_age``) are never touched.
+        """
+        cutoff_ms = (time.time() - min_age) * 1000
+        removed = 0
+        for row in await self.ctx.db.fetchall("SELECT id FROM tenants ORDER BY id"):
+            tenant, cursor = str(row["id"]), None
+            while True:
+                page = await self.store.list(tenant, cursor=cursor, limit=500)
+                old = [name for name in page.names if _created_ms(name) < cutoff_ms]
+                removed += await self._delete_unreferenced(tenant, old)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        return removed
+
+    async def _delete_unreferenced(self, tenant: str, names: list[str]) -> int:
+        if not names:
+            return 0
+        marks = ",".join("?" * len(names))
+        rows = await self.ctx.db.fetchall(
+            f"SELECT blob FROM storage_objects WHERE tenant_id = ? AND blob IN ({marks})", (tenant, *names)
+        )
+        live = {r["blob"] for r in rows}
+        orphans = [name for name in names if name not in live]
+        for name in orphans:
+            await self.store.delete(tenant, name)
+        return len(orphans)
 
     async def _signing_secret(self) -> bytes:
         # Generated once per install and kept in the metadata DB, so backups carry it and every
@@ -352,6 +411,17 @@ class StorageService:
         # Newlines cannot occur in a tenant, bucket or key, so the fields cannot be shifted into each other.
         message = "\n".join(("GET", tenant, bucket, key, str(expires))).encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+
+def _created_ms(blob: str) -> float:
+    """When a blob was named, from the time-ordered id that ends its name; +inf if it is not one of ours."""
+    blob_id = blob.rsplit("/", 1)[-1]
+    if len(blob_id) != 26 or any(c not in _ID_ALPHABET for c in blob_id):
+        return math.inf
+    stamp = 0
+    for char in blob_id[:10]:
+        stamp = stamp * 32 + _ID_ALPHABET.index(char)
+    return float(stamp)
 
 
 def _shard(blob_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -523,3 +524,27 @@ def test_an_invalid_physical_bucket_name_fails_at_start(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", s3_endpoint="127.0.0.1:9", s3_bucket_prefix="Not_A_Bucket")
     with pytest.raises(ConfigError, match="APPLIANCE_S3_BUCKET_PREFIX"):
         create_app(settings)
+
+
+async def test_garbage_collection_removes_only_old_unreferenced_blobs(client: Client, app: Litestar) -> None:
+    from appliance.core.ids import new_id
+
+    await put(client, "kept", b"kept")
+    service = app.state.ctx.service("storage", StorageService)
+    store = service.store
+    old_orphan = "photos/aa/0000000000" + "a" * 16  # named in 1970, never committed
+    young_orphan = f"photos/bb/{new_id()}"  # could be an upload committing right now
+    foreign = "photos/cc/not-one-of-ours"
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    for name in (old_orphan, young_orphan, foreign):
+        await store.put("default", name, one(b"orphan"))
+    assert await service.collect_garbage() == 1
+    names = (await store.list("default")).names
+    assert old_orphan not in names and {young_orphan, foreign} <= set(names) and len(names) == 3
+    assert (await client.get(f"{OBJ}/kept", headers=ROOT)).content == b"kept"
+    assert await service.collect_garbage(min_age=0) == 1  # names that are not ours are never touched
+    assert foreign in (await store.list("default")).names
+    assert (await client.get(f"{OBJ}/kept", headers=ROOT)).content == b"kept"
