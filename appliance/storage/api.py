@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 import msgspec
 from litestar import Request, Response, delete, get, head, post, put
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -42,6 +44,15 @@ class RangeNotSatisfiable(Problem):
     status, slug = 416, "range-not-satisfiable"
 
 
+@dataclass
+class _UploadOperation(Operation):
+    """The upload's OpenAPI operation: the body is the object's raw bytes (read as a stream)."""
+
+    def __post_init__(self) -> None:
+        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        self.request_body = RequestBody(content={"*/*": OpenAPIMediaType(schema=binary)}, required=True)
+
+
 def _service(ctx: Any) -> StorageService:
     return ctx.service("storage", StorageService)  # type: ignore[no-any-return]
 
@@ -67,6 +78,7 @@ def _key(request: Request[Any, Any, Any], param: str, skip: int = 5) -> str:
     guards=_GUARDS,
     status_code=HTTP_201_CREATED,
     request_max_body_size=None,  # the storage limit applies instead, while streaming
+    operation_class=_UploadOperation,
     tags=["storage"],
     summary="Upload an object (the body is streamed; x-meta-* headers become user metadata)",
 )

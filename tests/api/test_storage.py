@@ -548,3 +548,12 @@ async def test_garbage_collection_removes_only_old_unreferenced_blobs(client: Cl
     assert await service.collect_garbage(min_age=0) == 1  # names that are not ours are never touched
     assert foreign in (await store.list("default")).names
     assert (await client.get(f"{OBJ}/kept", headers=ROOT)).content == b"kept"
+
+
+async def test_openapi_documents_the_storage_routes(client: Client) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    objects = paths["/v1/buckets/{bucket}/objects/{key}"]
+    assert {"get", "put", "head", "delete", "post"} <= objects.keys()
+    assert objects["put"]["requestBody"]["content"]["*/*"]["schema"]["format"] == "binary"
+    assert "get" in paths["/v1/buckets/{bucket}/objects"]
+    assert {"get", "head"} <= paths["/v1/signed/{tenant}/{bucket}/{key}"].keys()
