@@ -60,6 +60,8 @@ MIGRATIONS = [
 ]
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_RESERVED_PREFIXES = ("xn--", "sthree-")  # reserved by AWS S3
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _META_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -94,8 +96,15 @@ class SignedUrl(msgspec.Struct):
 
 
 def check_bucket(bucket: str) -> None:
-    """S3 bucket naming rules: 3-63 of a-z 0-9 . -, alphanumeric at both ends, no ``..``, not an IP."""
-    if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket) or ".-" in bucket or "-." in bucket:
+    """S3 bucket naming rules: 3-63 of a-z 0-9 . -, alphanumeric at both ends, no ``..``, not an IP,
+    none of the prefixes and suffixes AWS reserves."""
+    if (
+        not _BUCKET.match(bucket)
+        or _IPV4.match(bucket)
+        or any(part in bucket for part in ("..", ".-", "-."))
+        or bucket.startswith(_RESERVED_PREFIXES)
+        or bucket.endswith(_RESERVED_SUFFIXES)
+    ):
         raise BadRequest(
             f"invalid bucket name {bucket!r}: use 3-63 lowercase letters, digits, dots and dashes,"
             " starting and ending with a letter or digit (S3 naming rules)"

@@ -85,6 +85,10 @@ async def put(client: Client, key: str, data: bytes, headers: dict[str, str] | N
         ("PUT", "/v1/buckets/-abc/objects/k", {}, 400),
         ("PUT", "/v1/buckets/abc-/objects/k", {}, 400),
         ("PUT", "/v1/buckets/192.168.1.1/objects/k", {}, 400),
+        ("PUT", "/v1/buckets/xn--bucket/objects/k", {}, 400),
+        ("PUT", "/v1/buckets/my-s3alias/objects/k", {}, 400),
+        ("PUT", "/v1/buckets/a.-b/objects/k", {}, 400),
+        ("PUT", "/v1/buckets/a_b/objects/k", {}, 400),
         ("PUT", "/v1/buckets/" + "a" * 64 + "/objects/k", {}, 400),
         ("PUT", f"{OBJ}/%2e%2e/etc/passwd", {}, 400),
         ("PUT", f"{OBJ}/a/%2E%2E/b", {}, 400),
@@ -557,3 +561,12 @@ async def test_openapi_documents_the_storage_routes(client: Client) -> None:
     assert objects["put"]["requestBody"]["content"]["*/*"]["schema"]["format"] == "binary"
     assert "get" in paths["/v1/buckets/{bucket}/objects"]
     assert {"get", "head"} <= paths["/v1/signed/{tenant}/{bucket}/{key}"].keys()
+
+
+@pytest.mark.parametrize("bucket", ["abc", "my.bucket-1", "a" * 63, "123", "logs-2024.archive"])
+async def test_valid_bucket_names(client: Client, bucket: str) -> None:
+    created = await client.put(f"/v1/buckets/{bucket}/objects/k", content=b"x", headers=ROOT)
+    assert created.status_code == 201, created.text
+    assert created.json()["bucket"] == bucket
+    listed = (await client.get(f"/v1/buckets/{bucket}/objects", headers=ROOT)).json()["items"]
+    assert [o["key"] for o in listed] == ["k"]
