@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Annotated, Any
@@ -10,6 +11,7 @@ from urllib.parse import unquote
 
 import msgspec
 from litestar import Request, Response, delete, get, head, post, put
+from litestar.exceptions import InternalServerException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
@@ -73,6 +75,20 @@ def _key(request: Request[Any, Any, Any], param: str, skip: int = 5) -> str:
         raise BadRequest("the object key is not valid UTF-8 once percent-decoded") from None
 
 
+async def _body(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that goes away mid-upload is a 400, not a 500."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except InternalServerException as exc:
+        if "disconnect" not in str(exc.detail):
+            raise
+        raise BadRequest(
+            "the upload was interrupted: the client disconnected before the end of the body"
+        ) from None
+
+
 @put(
     OBJECT,
     guards=_GUARDS,
@@ -95,7 +111,7 @@ async def put_object(
         principal.tenant,
         bucket,
         _key(request, key),
-        request.stream(),
+        _body(request),
         content_type=headers.get("content-type", "")[:255],
         cache_control=headers.get("cache-control", "")[:255],
         metadata=user_metadata(headers),

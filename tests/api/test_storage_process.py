@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -126,3 +127,22 @@ def test_a_writer_killed_mid_upload_leaves_no_partial_object(tmp_path: Path) -> 
         assert client.get(OBJECT, headers=ROOT).status_code == 404
         assert client.get("/v1/buckets/media/objects", headers=ROOT).json()["items"] == []
         assert leftovers(data_dir) == []  # the temp file of the dead writer was swept at start
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with run_appliance(data_dir, ENV) as proc, httpx.Client(base_url=proc.url, timeout=30) as client:
+        host, port = proc.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            head = (
+                f"PUT {OBJECT} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {ROOT['Authorization']}\r\n"
+                f"Content-Length: {10 * MIB}\r\n\r\n"
+            )
+            raw.sendall(head.encode() + b"x" * (2 * MIB))
+        deadline = time.monotonic() + 15
+        while f"PUT {OBJECT} 400" not in proc.log():
+            assert time.monotonic() < deadline, proc.log()[-2000:]
+            time.sleep(0.01)
+        assert "Traceback" not in proc.log()
+        assert client.get(OBJECT, headers=ROOT).status_code == 404
+        assert leftovers(data_dir) == []
