@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +16,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from appliance.config import Settings
-from appliance.storage import open_blob_store
+from appliance.plugin import BackendSpec, hookimpl
+from appliance.storage import BlobInfo, open_blob_store
+from appliance.storage.local import LocalBlobStore
 from appliance.storage.service import StorageService
 from tests.api.test_core import assert_problem
 from tests.conftest import ROOT, MakeTenant, make_settings
@@ -570,3 +572,42 @@ async def test_valid_bucket_names(client: Client, bucket: str) -> None:
     assert created.json()["bucket"] == bucket
     listed = (await client.get(f"/v1/buckets/{bucket}/objects", headers=ROOT)).json()["items"]
     assert [o["key"] for o in listed] == ["k"]
+
+
+class _RecordingStore(LocalBlobStore):
+    """A plugin's blob store: the local one, under its own name, noting what it was asked to store."""
+
+    backend = "recording"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.written: list[str] = []
+
+    async def put(self, tenant: str, name: str, chunks: AsyncIterable[bytes]) -> BlobInfo:
+        self.written.append(f"{tenant}/{name}")
+        return await super().put(tenant, name, chunks)
+
+
+class _StoragePlugin:
+    def __init__(self, root: Path) -> None:
+        self.store = _RecordingStore(root)
+
+    @hookimpl
+    def appliance_backends(self) -> list[BackendSpec]:
+        return [BackendSpec(port="storage", name="recording", factory=lambda ctx: self.store)]
+
+
+async def test_a_plugin_blob_store_is_used_when_configured(tmp_path: Path) -> None:
+    from appliance.app import create_app
+
+    plugin = _StoragePlugin(tmp_path / "plugin-blobs")
+    settings = make_settings(tmp_path / "data", backends="storage=recording")
+    async with AsyncTestClient(create_app(settings, extra_plugins=[plugin])) as client:
+        assert (await put(client, "k", b"via plugin")).status_code == 201
+        assert (await client.get(f"{OBJ}/k", headers=ROOT)).content == b"via plugin"
+        ready = (await client.get("/readyz")).json()
+        assert {"name": "storage", "backend": "recording"}.items() <= next(
+            b for b in ready["backends"] if b["name"] == "storage"
+        ).items()
+    assert len(plugin.store.written) == 1 and plugin.store.written[0].startswith("default/photos/")
+    assert blob_files(settings) == []  # nothing went to the built-in store
