@@ -42,7 +42,7 @@ def leftovers(data_dir: Path) -> list[Path]:
 def test_streaming_keeps_memory_flat(
     tmp_path: Path, request: pytest.FixtureRequest, backend: str, limit_mib: int
 ) -> None:
-    size, chunk = 160 * MIB, bytes(range(256)) * 4096  # 1 MiB chunks
+    size, chunk = 128 * MIB, bytes(range(256)) * 4096  # 1 MiB chunks
     env = dict(ENV)
     if backend == "s3":
         peer: MinioPeer = request.getfixturevalue("minio_peer")
@@ -72,7 +72,7 @@ def test_streaming_keeps_memory_flat(
                 received.update(part)
         assert received.hexdigest() == expected.hexdigest()
         growth = peak_rss(proc.process.pid) - before
-    # 160 MiB went each way; buffering even a fraction of it would show here. The s3 adapter holds a
+    # 128 MiB went each way; buffering even a fraction of it would show here. The s3 adapter holds a
     # few 8 MiB multipart parts at a time.
     assert growth < limit_mib * MIB, f"peak RSS grew by {growth / MIB:.1f} MiB"
 
