@@ -124,7 +124,7 @@ _DOCS: dict[str, str] = {
     "s3_secret_key": "S3 secret key.",
     "s3_region": "S3 region.",
     "s3_secure": "Use TLS to reach the S3 endpoint.",
-    "s3_bucket_prefix": "Prefix of the physical buckets the appliance creates.",
+    "s3_bucket_prefix": "The physical bucket the appliance keeps objects in (created if missing), one `<tenant>/` prefix per tenant.",
     "meili_url": "Meilisearch URL; full-text search moves there when set.",
     "meili_key": "Meilisearch API key.",
     "smtp_url": "`smtp://user:pass@host:port[?starttls=true]` or `smtps://...`; capture mode when unset.",

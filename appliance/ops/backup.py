@@ -27,6 +27,8 @@ MANIFEST = "MANIFEST.json"
 # SQLite's side files are folded into the online copy; temp dirs hold half-written uploads.
 _SKIP_SUFFIXES = ("-wal", "-shm", "-journal")
 _SKIP_DIRS = {"tmp", "backups"}
+_SKIP_ANYWHERE = {".tmp"}
+_STAGING = ".backup-staging-"
 _CHUNK = 1024 * 1024
 
 Progress = Callable[[str, int], None]
@@ -51,14 +53,19 @@ class Manifest(msgspec.Struct):
         return sum(f.size for f in self.files.values())
 
 
-def _is_sqlite(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(16) == b"SQLite format 3\x00"
+def _is_database(data_dir: Path, path: Path) -> bool:
+    """The appliance's SQLite files sit at the top of the data dir (blobs may be SQLite files too)."""
+    return path.parent == data_dir and path.suffix == ".db"
 
 
 def _walk(data_dir: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(data_dir):
-        dirs[:] = sorted(d for d in dirs if not (Path(root) == data_dir and d in _SKIP_DIRS))
+        top = Path(root) == data_dir
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not (d in _SKIP_ANYWHERE or d.startswith(_STAGING) or (top and d in _SKIP_DIRS))
+        )
         for name in sorted(files):
             if not name.endswith(_SKIP_SUFFIXES):
                 yield Path(root) / name
@@ -84,24 +91,52 @@ def _sha256(path: Path) -> str:
 
 
 def backup(data_dir: Path, out: Path, progress: Progress | None = None) -> Manifest:
-    """Write a backup of ``data_dir`` to ``out`` (a .tar.gz); returns its manifest."""
+    """Write a backup of ``data_dir`` to ``out`` (a .tar.gz); returns its manifest.
+
+    Files are hard-linked into a staging dir before and after the databases are snapshotted, so
+    every blob the snapshot refers to is in the archive even if it is deleted meanwhile (a blob
+    that is not referenced any more is harmless: storage collects orphans).
+    """
     if not (data_dir / "appliance.db").exists():
         raise BackupError(f"{data_dir} holds no appliance.db: is it the appliance's data dir (--data-dir)?")
     out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=data_dir))
+    try:
+        staged: dict[str, Path] = {}
+        _stage_files(data_dir, staging, staged)
+        for path in sorted(data_dir.glob("*.db")):
+            staged[path.name] = staging / path.name
+            _snapshot(path, staged[path.name])
+        _stage_files(data_dir, staging, staged)
+        return _write_archive(staged, out, progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage_files(data_dir: Path, staging: Path, staged: dict[str, Path]) -> None:
+    for path in _walk(data_dir):
+        name = path.relative_to(data_dir).as_posix()
+        if name in staged or _is_database(data_dir, path):
+            continue
+        target = staging / "files" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except FileNotFoundError:
+            continue  # deleted since the walk saw it
+        except OSError:
+            shutil.copy2(path, target)  # a filesystem without hard links
+        staged[name] = target
+
+
+def _write_archive(staged: dict[str, Path], out: Path, progress: Progress | None) -> Manifest:
     manifest = Manifest(format=FORMAT, created_at=time.time(), files={})
     partial = out.with_name(out.name + ".partial")
-    with (
-        tempfile.TemporaryDirectory(prefix="appliance-backup-") as scratch,
-        tarfile.open(partial, "w:gz") as tar,
-    ):
-        for path in _walk(data_dir):
-            name = path.relative_to(data_dir).as_posix()
-            staged = path
-            if _is_sqlite(path):
-                staged = Path(scratch) / name.replace("/", "__")
-                _snapshot(path, staged)
-            manifest.files[name] = FileEntry(size=staged.stat().st_size, sha256=_sha256(staged))
-            tar.add(staged, arcname=f"data/{name}", recursive=False)
+    with tarfile.open(partial, "w:gz") as tar:
+        for name in sorted(staged):
+            path = staged[name]
+            manifest.files[name] = FileEntry(size=path.stat().st_size, sha256=_sha256(path))
+            tar.add(path, arcname=f"data/{name}", recursive=False)
             if progress:
                 progress(name, manifest.files[name].size)
         _add_bytes(tar, MANIFEST, msgspec.json.format(msgspec.json.encode(manifest)))
