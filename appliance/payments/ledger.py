@@ -68,7 +68,7 @@ MIGRATIONS = [
         CREATE TABLE payment_webhook_events (
             event_id TEXT PRIMARY KEY,
             type TEXT NOT NULL,
-            tenant_id TEXT,
+            tenant_id TEXT REFERENCES tenants(id) ON DELETE CASCADE,
             payment_id TEXT,
             received_at REAL NOT NULL
         );

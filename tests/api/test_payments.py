@@ -656,3 +656,15 @@ async def test_a_webhook_overtaking_a_lost_answer_completes_the_pending_row(tmp_
         fetched = (await client.get(f"/v1/payments/{row['id']}", headers=ROOT)).json()
         assert fetched["provider_id"] == "pi_from_webhook" and fetched["status"] == "succeeded"
         assert [t for t, _ in await events(app, "default")] == ["payment.created", "payment.succeeded"]
+
+
+async def test_deleting_a_tenant_deletes_its_ledger(
+    client: Client, app: Litestar, make_tenant: MakeTenant
+) -> None:
+    acme = await make_tenant("acme", ("payments",))
+    payment = await pay(client, acme)
+    await succeed(client, payment)
+    assert (await refund(client, acme, payment["id"], amount=10)).status_code == 201
+    assert (await client.delete("/v1/tenants/acme", headers=ROOT)).status_code == 204
+    for table in ("payments", "payment_refunds", "payment_webhook_events"):
+        assert await ledger_rows(app, table) == []
