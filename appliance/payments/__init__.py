@@ -21,6 +21,7 @@ __all__ = [
     "InvalidSignature",
     "PaymentDeclined",
     "PaymentProvider",
+    "ProviderBusy",
     "ProviderError",
     "ProviderEvent",
     "ProviderPayment",
@@ -110,6 +111,10 @@ class PaymentDeclined(ProviderError):
         super().__init__(message)
         self.payment = payment
         self.code = code
+
+
+class ProviderBusy(ProviderError):
+    """The provider is still processing an earlier request with the same idempotency key."""
 
 
 class InvalidSignature(ProviderError):

@@ -16,7 +16,7 @@ from appliance.core.ids import new_id
 from appliance.core.outbox import OutboxSignal, emit
 from appliance.payments import ProviderPayment, ProviderRefund
 
-__all__ = ["MIGRATIONS", "Payment", "PaymentDetail", "Refund", "apply_payment", "apply_refund"]
+__all__ = ["MIGRATIONS", "Payment", "PaymentDetail", "Refund", "apply_payment", "apply_refund", "fail_unsent"]
 
 SOURCE = "payments"
 # Statuses a payment never leaves: a late or replayed webhook cannot move it back.
@@ -219,6 +219,19 @@ async def apply_payment(
         kind = "payment.succeeded" if after.status == "succeeded" else "payment.failed"
         await emit(tx, tenant, SOURCE, kind, _payment_payload(after), signal)
     return after
+
+
+async def fail_unsent(tx: Tx, tenant: str, payment_id: str, failure: str, signal: OutboxSignal) -> None:
+    """Mark a ``pending`` payment the provider refused outright (it never existed there) as ``failed``."""
+    changed = await tx.execute(
+        "UPDATE payments SET status = 'failed', failure = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+        (failure, time.time(), payment_id),
+    )
+    payment = await load_payment(tx, tenant, payment_id)
+    if changed and payment is not None:
+        await emit(
+            tx, tenant, SOURCE, "payment.failed", {**_payment_payload(payment), "failure": failure}, signal
+        )
 
 
 async def apply_refund(

@@ -16,6 +16,7 @@ provider metadata.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
@@ -34,7 +35,6 @@ from appliance.core.errors import (
 )
 from appliance.core.idempotency import StoredResponse, check_key, fingerprint
 from appliance.core.ids import new_id
-from appliance.core.outbox import emit
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
 from appliance.payments import (
     PAYMENT_META,
@@ -44,6 +44,7 @@ from appliance.payments import (
     InvalidSignature,
     PaymentDeclined,
     PaymentProvider,
+    ProviderBusy,
     ProviderError,
     ProviderEvent,
     ProviderPayment,
@@ -55,11 +56,11 @@ from appliance.payments import (
 )
 from appliance.payments.ledger import (
     PAYMENT_COLUMNS,
-    SOURCE,
     Payment,
     PaymentDetail,
     apply_payment,
     apply_refund,
+    fail_unsent,
     load_payment,
     payment_from_row,
     refund_from_row,
@@ -70,6 +71,7 @@ __all__ = ["CreatedPayment", "NewPayment", "NewRefund", "PaymentService", "Webho
 
 PAYMENT_SCOPE = "payments"
 REFUND_SCOPE = "payments.refunds"
+HEALTH_TIMEOUT_S = 2.5  # under /readyz's own 3 s bound, so the report names Stripe
 DISABLED = (
     "payments are disabled: set APPLIANCE_STRIPE_KEY to a Stripe secret key (sk_live_... or sk_test_...)"
     " and restart the appliance"
@@ -148,7 +150,9 @@ class PaymentService:
             return BackendStatus(name="payments", backend="stripe", mode="server", ok=True, detail=DISABLED)
         name, ok = self._provider.name, True
         try:
-            detail = await self._provider.ping()
+            detail = await asyncio.wait_for(self._provider.ping(), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            ok, detail = False, f"Stripe did not answer within {HEALTH_TIMEOUT_S:g}s"
         except ProviderUnavailable as exc:
             ok, detail = False, str(exc)
         except ProviderError as exc:  # it answered, if not to our liking: reachable
@@ -176,10 +180,10 @@ class PaymentService:
         )
         try:
             snapshot = await provider.create_payment(charge, idempotency_key=payment_id)
-        except PaymentDeclined as exc:
+        except (PaymentDeclined, ProviderRejected) as exc:
             return await self._record_failure(tenant, key, print_, payment_id, exc)
-        except ProviderRejected as exc:
-            return await self._record_failure(tenant, key, print_, payment_id, exc)
+        except ProviderBusy as exc:
+            raise Conflict(str(exc)) from None
         except ProviderUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
         return await self._record(
@@ -221,29 +225,17 @@ class PaymentService:
         self, tenant: str, key: str, print_: str, payment_id: str, exc: ProviderError
     ) -> Reply:
         async def fail(tx: Tx) -> Reply:
-            declined = isinstance(exc, PaymentDeclined)
             snapshot = exc.payment if isinstance(exc, PaymentDeclined) else None
-            if snapshot is not None:
+            if snapshot is not None:  # the provider created the payment, then the card was declined
                 failed = msgspec.structs.replace(snapshot, status="failed", failure=str(exc))
                 await apply_payment(tx, tenant, payment_id, failed, self.ctx.outbox)
             else:
-                await self._fail_unsent(tx, tenant, payment_id, str(exc))
-            if declined:
+                await fail_unsent(tx, tenant, payment_id, str(exc), self.ctx.outbox)
+            if isinstance(exc, PaymentDeclined):
                 return 402, _problem(402, f"the payment was declined: {exc}", "payment-declined")
             return 422, _problem(422, str(exc), "payment-rejected")
 
         return await self._record(tenant, PAYMENT_SCOPE, key, print_, fail)
-
-    async def _fail_unsent(self, tx: Tx, tenant: str, payment_id: str, failure: str) -> None:
-        await tx.execute(
-            "UPDATE payments SET status = 'failed', failure = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
-            (failure, time.time(), payment_id),
-        )
-        payment = await load_payment(tx, tenant, payment_id)
-        assert payment is not None
-        payload = {"payment_id": payment_id, "provider_id": None, "status": "failed", "failure": failure,
-                   "amount": payment.amount, "currency": payment.currency, "metadata": payment.metadata}  # fmt: skip
-        await emit(tx, tenant, SOURCE, "payment.failed", payload, self.ctx.outbox)
 
     async def _record(
         self, tenant: str, scope: str, key: str, print_: str, write: Callable[[Tx], Awaitable[Reply]]
@@ -297,6 +289,8 @@ class PaymentService:
             return reserved
         try:
             snapshot = await provider.refund(reserved, idempotency_key=reserved.metadata[REFUND_META])
+        except ProviderBusy as exc:
+            raise Conflict(str(exc)) from None
         except (PaymentDeclined, ProviderRejected) as exc:
             error: ProviderError = exc
             return await self._record(

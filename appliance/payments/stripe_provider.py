@@ -24,6 +24,7 @@ from appliance.payments import (
     ChargeRequest,
     InvalidSignature,
     PaymentDeclined,
+    ProviderBusy,
     ProviderEvent,
     ProviderPayment,
     ProviderRefund,
@@ -79,6 +80,11 @@ def _is_outage(exc: Exception) -> bool:
     if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
         return True
     return isinstance(exc, stripe.StripeError) and (exc.http_status or 0) >= 500
+
+
+def _is_retryable(exc: Exception) -> bool:
+    """Outages, and 409: Stripe is still busy with an earlier request carrying the same idempotency key."""
+    return _is_outage(exc) or (isinstance(exc, stripe.StripeError) and exc.http_status == 409)
 
 
 def sign_webhook(payload: bytes, secret: str, timestamp: int | None = None) -> str:
@@ -276,7 +282,7 @@ class StripeProvider:
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in stamina.retry_context(
-            on=_is_outage, attempts=self._attempts, wait_initial=0.05, wait_max=1.0, wait_jitter=0.05
+            on=_is_retryable, attempts=self._attempts, wait_initial=0.05, wait_max=1.0, wait_jitter=0.05
         ):
             with attempt:
                 return await call()
@@ -290,6 +296,10 @@ class StripeProvider:
             intent = body.get("payment_intent")
             payment = _payment(intent) if isinstance(intent, dict) else None
             return PaymentDeclined(message, payment, body.get("decline_code") or exc.code)
+        if isinstance(exc, stripe.IdempotencyError) or exc.http_status == 409:
+            return ProviderBusy(
+                f"Stripe refused the idempotency key ({message}); retry shortly with the same key"
+            )
         if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
             return ProviderUnavailable(f"Stripe refused the API key: check APPLIANCE_STRIPE_KEY ({message})")
         if isinstance(exc, stripe.APIConnectionError):

@@ -623,6 +623,24 @@ async def test_a_declined_card_is_402_and_recorded_as_failed(tmp_path: Path, fau
         assert (await readiness(client))["payments"]["ok"]
 
 
+async def test_a_concurrent_request_with_the_same_key_is_409_and_leaves_the_entry_pending(
+    tmp_path: Path, faulty: FaultyStripe
+) -> None:
+    busy = {"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used"
+                      " with the same parameters they were first used with."}}  # fmt: skip
+    faulty.canned = (409, msgspec.json.encode(busy))
+    async with running(fault_settings(tmp_path, faulty.url)) as (client, app):
+        headers = {**ROOT, **key()}
+        response = await client.post("/v1/payments", json={"amount": 100, "currency": "eur"}, headers=headers)
+        assert "idempotency key" in assert_problem(response, 409)["detail"]
+        assert [r["status"] for r in await ledger_rows(app)] == ["pending"]
+        faulty.canned = None  # Stripe is done with the first request: the retry completes the same entry
+        retried = await client.post("/v1/payments", json={"amount": 100, "currency": "eur"}, headers=headers)
+        assert retried.status_code == 201 and [r["id"] for r in await ledger_rows(app)] == [
+            retried.json()["id"]
+        ]
+
+
 async def test_stripe_down_is_503_naming_it_then_the_breaker_opens(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     async with running(fault_settings(tmp_path, closed)) as (client, _):
