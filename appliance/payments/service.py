@@ -198,12 +198,14 @@ class PaymentService:
             if stored is not None:
                 return "", (stored.status, stored.body)
             row = await tx.fetchone(
-                "SELECT id, fingerprint FROM payments WHERE tenant_id = ? AND idempotency_key = ?",
+                "SELECT id, fingerprint, status FROM payments WHERE tenant_id = ? AND idempotency_key = ?",
                 (tenant, key),
             )
             if row is not None:
                 if row["fingerprint"] != print_:
                     raise Unprocessable("this Idempotency-Key was already used with a different request body")
+                if row["status"] != "pending":  # settled, and its stored response has expired
+                    return row["id"], await _settled_payment(tx, tenant, row["id"])
                 return row["id"], None  # an earlier attempt died after reserving: resume it
             payment_id, now = new_id("pay"), time.time()
             await tx.execute(
@@ -317,12 +319,13 @@ class PaymentService:
             if payment is None:
                 raise NotFound(f"no payment {payment_id!r} in this tenant")
             row = await tx.fetchone(
-                "SELECT id, amount, fingerprint FROM payment_refunds WHERE tenant_id = ? AND idempotency_key = ?",
-                (tenant, key),
+                "SELECT * FROM payment_refunds WHERE tenant_id = ? AND idempotency_key = ?", (tenant, key)
             )
             if row is not None:
                 if row["fingerprint"] != print_:
                     raise Unprocessable("this Idempotency-Key was already used with a different request body")
+                if row["status"] != "pending":  # settled, and its stored response has expired
+                    return 201, msgspec.json.encode(refund_from_row(row))
                 refund_id, amount = row["id"], row["amount"]  # an earlier attempt died after reserving
             else:
                 refund_id, amount = await self._claim_refund(tx, tenant, payment, key, print_, request)
@@ -419,6 +422,21 @@ class PaymentService:
                 ours = refund.metadata.get(REFUND_META)
                 await apply_refund(tx, *target, ours, refund, self.ctx.outbox)
         return target
+
+
+async def _settled_payment(tx: Tx, tenant: str, payment_id: str) -> Reply:
+    """The answer for a key whose payment is no longer pending: from the ledger, never a second charge.
+
+    Only reached once the stored first response has expired (Stripe's own keys last 24 hours, so
+    calling it again could charge anew).
+    """
+    payment = await load_payment(tx, tenant, payment_id)
+    assert payment is not None
+    if payment.status != "failed":
+        return 201, msgspec.json.encode(CreatedPayment(**msgspec.structs.asdict(payment)))
+    if payment.provider_id is not None:
+        return 402, _problem(402, f"the payment was declined: {payment.failure}", "payment-declined")
+    return 422, _problem(422, payment.failure or "the provider refused the payment", "payment-rejected")
 
 
 async def _locate(tx: Tx, provider_id: str, metadata: dict[str, str]) -> tuple[str, str] | None:

@@ -584,6 +584,45 @@ async def test_timeout_after_stripe_accepted_never_charges_twice(
         assert [t for t, _ in await events(app, "default")] == ["payment.created"]
 
 
+async def test_expired_stored_responses_replay_from_the_ledger_without_calling_stripe(
+    client: Client, app: Litestar, make_tenant: MakeTenant
+) -> None:
+    acme = await make_tenant("acme", ("payments",))
+    body = {"amount": 1000, "currency": "eur", "payment_method": "pm_card_visa"}
+    first = await client.post("/v1/payments", json=body, headers={**acme, "Idempotency-Key": "p"})
+    await succeed(client, first.json())
+    made = await refund(client, acme, first.json()["id"], idem="r", amount=100)
+    assert await app.state.ctx.idempotency.expire(older_than_s=-1) == 2
+    again = await client.post("/v1/payments", json=body, headers={**acme, "Idempotency-Key": "p"})
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert (
+        again.json()["status"] == "succeeded" and again.json()["provider_id"] == first.json()["provider_id"]
+    )
+    assert (await refund(client, acme, first.json()["id"], idem="r", amount=100)).json() == made.json()
+    assert len(await ledger_rows(app)) == 1 and len(await ledger_rows(app, "payment_refunds")) == 1
+
+
+async def test_a_refund_lost_in_flight_keeps_its_reservation_until_retried(
+    tmp_path: Path, faulty: FaultyStripe
+) -> None:
+    async with running(fault_settings(tmp_path, faulty.url)) as (client, app):
+        payment = await pay(client, ROOT, amount=1000)
+        await succeed(client, payment)
+        faulty.swallow = 3
+        lost = await refund(client, ROOT, payment["id"], idem="refund-1", amount=600)
+        assert "Stripe" in assert_problem(lost, 503)["detail"]
+        # The pending refund still counts: nobody can refund those 600 twice meanwhile.
+        assert (
+            "400 still refundable"
+            in assert_problem(await refund(client, ROOT, payment["id"], amount=401), 422)["detail"]
+        )
+        retried = await refund(client, ROOT, payment["id"], idem="refund-1", amount=600)
+        assert retried.status_code == 201 and retried.json()["status"] == "succeeded"
+        rows = await ledger_rows(app, "payment_refunds")
+        assert len(rows) == 1 and set(faulty.posts("/v1/refunds")) == {rows[0]["id"]}
+        assert [t for t, _ in await events(app, "default")].count("payment.refunded") == 1
+
+
 async def test_a_slow_answer_is_retried_inside_one_request(tmp_path: Path, faulty: FaultyStripe) -> None:
     async with running(fault_settings(tmp_path, faulty.url)) as (client, app):
         faulty.swallow = 1
