@@ -409,6 +409,27 @@ async def test_refund_webhooks_settle_and_record_outside_refunds(
     assert [t for t, _ in await events(app, "acme")].count("payment.refunded") == 1
 
 
+async def test_a_refund_failing_later_releases_its_amount(
+    client: Client, app: Litestar, make_tenant: MakeTenant
+) -> None:
+    acme = await make_tenant("acme", ("payments",))
+    payment = await pay(client, acme, amount=1000)
+    await succeed(client, payment)
+    made = (await refund(client, acme, payment["id"], amount=1000)).json()
+    meta = {
+        "appliance_tenant": "acme",
+        "appliance_payment_id": payment["id"],
+        "appliance_refund_id": made["id"],
+    }
+    failed = {"id": made["provider_id"], "object": "refund", "amount": 1000, "status": "failed",
+              "payment_intent": payment["provider_id"], "metadata": meta}  # fmt: skip
+    event = {"id": f"evt_{uuid.uuid4().hex}", "type": "refund.failed", "data": {"object": failed}}
+    assert (await deliver(client, event)).status_code == 200
+    detail = (await client.get(f"/v1/payments/{payment['id']}", headers=acme)).json()
+    assert [r["status"] for r in detail["refunds"]] == ["failed"] and detail["amount_refunded"] == 0
+    assert (await refund(client, acme, payment["id"], amount=1000)).status_code == 201
+
+
 # --------------------------------------------------------- tenant isolation ---
 
 
