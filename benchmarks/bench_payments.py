@@ -49,7 +49,9 @@ def start_stripe_mock() -> tuple[subprocess.Popen[bytes], str]:
         sys.exit("stripe-mock not found: run ./install.sh --dev (or put it in .tools/bin)")
     port = free_port()
     proc = subprocess.Popen(
-        [path, "-http-addr", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [path, "-http-addr", f"127.0.0.1:{port}", "-https-addr", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -298,10 +298,10 @@ class StripePeer:
 def stripe_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripePeer]:
     exe = find_tool("stripe-mock")
     workdir = tmp_path_factory.mktemp("stripe")
-    port = free_port()
-    # Only -http-addr: with no -https* flag stripe-mock serves plain HTTP alone, which is
-    # what we want (its default without any flag is HTTP+HTTPS on fixed ports 12111/12112).
-    argv = [exe, "-http-addr", f"{HOST}:{port}"]
+    port, tls_port = free_ports(2)
+    # With -http-addr alone stripe-mock still listens for HTTPS on the fixed port 12112, and a
+    # second instance (a parallel run) then fails to serve at all: give HTTPS a free port too.
+    argv = [exe, "-http-addr", f"{HOST}:{port}", "-https-addr", f"{HOST}:{tls_port}"]
     with running("stripe-mock", argv, workdir, lambda: port_open(HOST, port)) as proc:
         yield StripePeer(HOST, port, proc)
 
