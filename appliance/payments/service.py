@@ -212,10 +212,21 @@ class PaymentService:
                 "INSERT INTO payments (id, tenant_id, idempotency_key, fingerprint, provider, status, amount,"
                 " currency, customer, payment_method, metadata, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (payment_id, tenant, key, print_, provider, request.amount, request.currency.lower(),
-                 request.customer, request.payment_method, msgspec.json.encode(request.metadata).decode(),
-                 now, now),
-            )  # fmt: skip
+                (
+                    payment_id,
+                    tenant,
+                    key,
+                    print_,
+                    provider,
+                    request.amount,
+                    request.currency.lower(),
+                    request.customer,
+                    request.payment_method,
+                    msgspec.json.encode(request.metadata).decode(),
+                    now,
+                    now,
+                ),
+            )
         return payment_id, None
 
     async def _created(self, tx: Tx, tenant: str, payment_id: str, snapshot: ProviderPayment) -> Reply:
@@ -360,7 +371,7 @@ class PaymentService:
             "INSERT INTO payment_refunds (id, tenant_id, payment_id, idempotency_key, fingerprint, status,"
             " amount, reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
             (refund_id, tenant, payment.id, key, print_, amount, request.reason, now, now),
-        )  # fmt: skip
+        )
         return refund_id, amount
 
     async def _refunded(

@@ -142,8 +142,13 @@ async def test_create_records_the_payment_and_emits_created(
     client: Client, app: Litestar, make_tenant: MakeTenant
 ) -> None:
     acme = await make_tenant("acme", ("payments",))
-    body = {"amount": 1234, "currency": "EUR", "customer": "cus_123", "payment_method": "pm_card_visa",
-            "metadata": {"order": "42"}}  # fmt: skip
+    body = {
+        "amount": 1234,
+        "currency": "EUR",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa",
+        "metadata": {"order": "42"},
+    }
     response = await client.post("/v1/payments", json=body, headers={**acme, **key()})
     assert response.status_code == 201, response.text
     created = response.json()
@@ -421,8 +426,14 @@ async def test_a_refund_failing_later_releases_its_amount(
         "appliance_payment_id": payment["id"],
         "appliance_refund_id": made["id"],
     }
-    failed = {"id": made["provider_id"], "object": "refund", "amount": 1000, "status": "failed",
-              "payment_intent": payment["provider_id"], "metadata": meta}  # fmt: skip
+    failed = {
+        "id": made["provider_id"],
+        "object": "refund",
+        "amount": 1000,
+        "status": "failed",
+        "payment_intent": payment["provider_id"],
+        "metadata": meta,
+    }
     event = {"id": f"evt_{uuid.uuid4().hex}", "type": "refund.failed", "data": {"object": failed}}
     assert (await deliver(client, event)).status_code == 200
     detail = (await client.get(f"/v1/payments/{payment['id']}", headers=acme)).json()
@@ -458,7 +469,12 @@ async def test_tenant_isolation(
     # A key of the right tenant without the payments scope gets nowhere either.
     no_scope = await make_tenant("acme", ("storage",), name="storage-only")
     assert_problem(await client.request(method, url, json=body, headers={**no_scope, **key()}), 403)
-    assert_problem(await client.post("/v1/payments", json={"amount": 1, "currency": "eur"}, headers={**no_scope, **key()}), 403)  # fmt: skip
+    assert_problem(
+        await client.post(
+            "/v1/payments", json={"amount": 1, "currency": "eur"}, headers={**no_scope, **key()}
+        ),
+        403,
+    )
 
 
 async def test_root_acts_in_a_tenant_only_through_x_tenant_id(
@@ -663,10 +679,17 @@ async def test_a_declined_card_is_402_and_recorded_as_failed(tmp_path: Path, fau
             "code": "card_declined",
             "decline_code": "insufficient_funds",
             "message": "Your card has insufficient funds.",
-            "payment_intent": {"id": "pi_declined", "object": "payment_intent", "status": "requires_payment_method",
-                               "amount": 900, "currency": "eur", "amount_received": 0, "metadata": {}},
+            "payment_intent": {
+                "id": "pi_declined",
+                "object": "payment_intent",
+                "status": "requires_payment_method",
+                "amount": 900,
+                "currency": "eur",
+                "amount_received": 0,
+                "metadata": {},
+            },
         }
-    }  # fmt: skip
+    }
     faulty.canned = (402, msgspec.json.encode(declined))
     async with running(fault_settings(tmp_path, faulty.url)) as (client, app):
         headers = {**ROOT, **key()}
@@ -686,8 +709,13 @@ async def test_a_declined_card_is_402_and_recorded_as_failed(tmp_path: Path, fau
 async def test_a_concurrent_request_with_the_same_key_is_409_and_leaves_the_entry_pending(
     tmp_path: Path, faulty: FaultyStripe
 ) -> None:
-    busy = {"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used"
-                      " with the same parameters they were first used with."}}  # fmt: skip
+    busy = {
+        "error": {
+            "type": "idempotency_error",
+            "message": "Keys for idempotent requests can only be used"
+            " with the same parameters they were first used with.",
+        }
+    }
     faulty.canned = (409, msgspec.json.encode(busy))
     async with running(fault_settings(tmp_path, faulty.url)) as (client, app):
         headers = {**ROOT, **key()}

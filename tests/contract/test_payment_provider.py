@@ -57,8 +57,16 @@ def sign(adapter: str) -> Signer:
 
 
 def intent(kind: str, status: str, **extra: Any) -> bytes:
-    obj = {"id": "pi_1", "object": "payment_intent", "status": status, "amount": 500, "currency": "eur",
-           "amount_received": 500 if status == "succeeded" else 0, "metadata": {"appliance_tenant": "acme"}, **extra}  # fmt: skip
+    obj = {
+        "id": "pi_1",
+        "object": "payment_intent",
+        "status": status,
+        "amount": 500,
+        "currency": "eur",
+        "amount_received": 500 if status == "succeeded" else 0,
+        "metadata": {"appliance_tenant": "acme"},
+        **extra,
+    }
     return msgspec.json.encode({"id": "evt_1", "type": kind, "data": {"object": obj}})
 
 
@@ -109,8 +117,12 @@ def test_refund_events_translate_to_refund_snapshots(provider: PaymentProvider, 
         "status": "succeeded",
         "payment_intent": "pi_1",
     }
-    charge = {"id": "ch_1", "object": "charge", "payment_intent": "pi_1",
-              "refunds": {"data": [{"id": "re_2", "object": "refund", "amount": 100, "status": "pending"}]}}  # fmt: skip
+    charge = {
+        "id": "ch_1",
+        "object": "charge",
+        "payment_intent": "pi_1",
+        "refunds": {"data": [{"id": "re_2", "object": "refund", "amount": 100, "status": "pending"}]},
+    }
     for kind, obj, expected in [
         ("refund.updated", refund, [("re_1", 200, "succeeded")]),
         ("charge.refunded", charge, [("re_2", 100, "pending")]),
