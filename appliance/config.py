@@ -62,6 +62,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stripe_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = ""
+    stripe_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     storage_max_object_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
     rate_limit_per_key: Rate | None = "1000/second"
     rate_limit_per_ip: Rate | None = "2000/second"
@@ -132,6 +133,7 @@ _DOCS: dict[str, str] = {
     "stripe_key": "Stripe secret key; payments answer 503 until set.",
     "stripe_webhook_secret": "Secret that verifies `Stripe-Signature` on webhooks.",
     "stripe_api_base": "Stripe API base URL (stripe-mock in tests).",
+    "stripe_timeout_s": "Seconds to wait for one Stripe call before retrying it (same idempotency key).",
     "storage_max_object_bytes": "Largest object accepted (413 past it), enforced while streaming.",
     "rate_limit_per_key": "Requests allowed per API key, `N/second|minute|hour|day`; empty or 0 disables.",
     "rate_limit_per_ip": "Requests allowed per client address, same format.",

@@ -25,12 +25,16 @@ SKIP_METHODS_PATHS: set[tuple[str, str]] = set()
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def running(tmp_path_factory: pytest.TempPathFactory, stripe_peer: Any) -> Any:
     data = Path(tmp_path_factory.mktemp("fuzz")) / "data"
     env = {
         "APPLIANCE_ROOT_KEY": ROOT_KEY,
         "APPLIANCE_RATE_LIMIT_PER_KEY": "",
         "APPLIANCE_RATE_LIMIT_PER_IP": "",
+        # Every capability live (a disabled one answers 503 by design), on its test peer.
+        "APPLIANCE_STRIPE_KEY": "sk_test_fuzz",
+        "APPLIANCE_STRIPE_API_BASE": stripe_peer.url,
+        "APPLIANCE_STRIPE_WEBHOOK_SECRET": "whsec_fuzz",
     }
     with run_appliance(data, env) as process:
         yield process
