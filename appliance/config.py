@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit_per_ip: Rate | None = "2000/second"
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
     worker: bool = True
+    job_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    job_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
+    event_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
     @property
     def data_path(self) -> Path:
@@ -119,6 +122,9 @@ _DOCS: dict[str, str] = {
     "rate_limit_per_ip": "Requests allowed per client address, same format.",
     "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
+    "job_concurrency": "Jobs one worker process runs at the same time.",
+    "job_retention_days": "Days a succeeded job's record is kept (failed and dead ones stay until retried).",
+    "event_retention_days": "Days events stay in the event log (`GET /v1/events`).",
 }
 
 
