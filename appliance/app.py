@@ -28,6 +28,7 @@ from appliance.core.deps import DEPENDENCIES
 from appliance.core.errors import exception_handlers
 from appliance.core.http_log import RequestLogMiddleware
 from appliance.core.ratelimit import rate_limit_middlewares
+from appliance.events import install as install_events
 from appliance.jobs import install as install_jobs
 
 __all__ = ["assemble", "create_app"]
@@ -35,7 +36,7 @@ __all__ = ["assemble", "create_app"]
 Installer = Callable[[Context], list[ControllerRouterHandler]]
 
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
-CAPABILITIES: list[Installer] = [core_api.install, install_jobs]
+CAPABILITIES: list[Installer] = [core_api.install, install_jobs, install_events]
 
 _AUTH_EXCLUDE = ["^/schema"]
 
