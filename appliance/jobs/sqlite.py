@@ -90,6 +90,10 @@ _COLUMNS = (
     " run_at, result, error, history, created_at, started_at, finished_at"
 )
 _ACTIVE = "status IN ('queued', 'running')"
+_CLAIM_COLUMNS = (
+    "tenant_id, queue, id, type, payload, status, priority, attempts, max_attempts, backoff, timeout_s,"
+    " created_at, due_at"
+)
 
 
 @dataclass
@@ -291,15 +295,7 @@ class SqliteQueue:
         return started
 
     async def _attempt(self, handlers: dict[str, JobHandler], item: _Claimed, out: list[_Outcome]) -> None:
-        ok, retryable, value = await run_handler(handlers.get(item.job.type), item.job)
-        job = item.job
-        if ok:
-            out.append(_Outcome(item, "succeeded", result=_encode(value)))
-        elif retryable and job.attempt < job.max_attempts:
-            due = time.time() + item.backoff.delay(job.attempt)
-            out.append(_Outcome(item, "queued", error=str(value), due_at=due))
-        else:
-            out.append(_Outcome(item, "dead" if retryable else "failed", error=str(value)))
+        out.append(outcome_of(item, *await run_handler(handlers.get(item.job.type), item.job)))
         self._signal.set()
 
     async def _wait(self, busy: bool) -> None:
@@ -336,53 +332,10 @@ class SqliteQueue:
 
     async def _claim(self, tx: Tx, limit: int, now: float) -> list[_Claimed]:
         rows = await tx.fetchall(
-            "SELECT tenant_id, queue, id, type, payload, status, priority, attempts, max_attempts, backoff,"
-            f" timeout_s, created_at FROM jobs WHERE {_ACTIVE} AND due_at <= ?"
-            " ORDER BY priority DESC, due_at LIMIT ?",
+            f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE {_ACTIVE} AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?",
             (now, limit),
         )
-        claimed: list[_Claimed] = []
-        updates: list[tuple[Any, ...]] = []
-        lost: list[tuple[Any, ...]] = []
-        for row in rows:
-            key = (row["tenant_id"], row["queue"], row["id"])
-            if row["status"] == "running" and row["attempts"] >= row["max_attempts"]:
-                # Its worker died during the last allowed attempt: that attempt counts as failed.
-                lost.append((now, now, *key))
-                continue
-            lease = secrets.token_hex(8)
-            attempt = row["attempts"] + 1
-            entry = msgspec.json.encode(Attempt(attempt=attempt, started_at=now)).decode()
-            updates.append((attempt, lease, now + row["timeout_s"] + LEASE_GRACE_S, now, entry, *key))
-            job = Job(
-                id=row["id"],
-                tenant=row["tenant_id"],
-                queue=row["queue"],
-                type=row["type"],
-                payload=msgspec.json.decode(row["payload"]),
-                attempt=attempt,
-                max_attempts=row["max_attempts"],
-                priority=row["priority"],
-                timeout_s=row["timeout_s"],
-                created_at=row["created_at"],
-            )
-            claimed.append(_Claimed(job, lease, msgspec.json.decode(row["backoff"], type=Backoff)))
-        if lost:
-            await tx.executemany(
-                "UPDATE jobs SET status = 'dead', lease = NULL, finished_at = ?,"
-                " error = 'the worker running the last attempt stopped (lease expired)',"
-                " history = json_set(history, '$[#-1].finished_at', ?, '$[#-1].error', 'lease expired')"
-                " WHERE tenant_id = ? AND queue = ? AND id = ?",
-                lost,
-            )
-        if updates:
-            await tx.executemany(
-                "UPDATE jobs SET status = 'running', attempts = ?, lease = ?, due_at = ?, started_at = ?,"
-                " history = json_insert(history, '$[#]', json(?))"
-                " WHERE tenant_id = ? AND queue = ? AND id = ?",
-                updates,
-            )
-        return claimed
+        return await claim_rows(tx, rows, now)
 
     async def _stop(self, inflight: dict[asyncio.Task[None], _Claimed], outcomes: list[_Outcome]) -> None:
         """Cancel what still runs and hand those jobs back (their attempt does not count); save outcomes."""
@@ -464,3 +417,61 @@ async def _write_outcomes(tx: Tx, outcomes: list[_Outcome], now: float) -> None:
             for o in outcomes
         ],
     )
+
+
+async def claim_rows(tx: Tx, rows: list[Row], now: float) -> list[_Claimed]:
+    """Lease the given due rows for one attempt each (a row whose last attempt's worker died goes dead)."""
+    claimed: list[_Claimed] = []
+    updates: list[tuple[Any, ...]] = []
+    lost: list[tuple[Any, ...]] = []
+    for row in rows:
+        key = (row["tenant_id"], row["queue"], row["id"])
+        if row["status"] == "running" and row["attempts"] >= row["max_attempts"]:
+            # Its worker died during the last allowed attempt: that attempt counts as failed.
+            lost.append((now, now, *key))
+            continue
+        lease = secrets.token_hex(8)
+        attempt = row["attempts"] + 1
+        entry = msgspec.json.encode(Attempt(attempt=attempt, started_at=now)).decode()
+        updates.append((attempt, lease, now + row["timeout_s"] + LEASE_GRACE_S, now, entry, *key))
+        job = Job(
+            id=row["id"],
+            tenant=row["tenant_id"],
+            queue=row["queue"],
+            type=row["type"],
+            payload=msgspec.json.decode(row["payload"]),
+            attempt=attempt,
+            max_attempts=row["max_attempts"],
+            priority=row["priority"],
+            timeout_s=row["timeout_s"],
+            created_at=row["created_at"],
+        )
+        claimed.append(_Claimed(job, lease, msgspec.json.decode(row["backoff"], type=Backoff)))
+    if lost:
+        await tx.executemany(
+            "UPDATE jobs SET status = 'dead', lease = NULL, finished_at = ?,"
+            " error = 'the worker running the last attempt stopped (lease expired)',"
+            " history = json_set(history, '$[#-1].finished_at', ?, '$[#-1].error', 'lease expired')"
+            " WHERE tenant_id = ? AND queue = ? AND id = ?",
+            lost,
+        )
+    if updates:
+        await tx.executemany(
+            "UPDATE jobs SET status = 'running', attempts = ?, lease = ?, due_at = ?, started_at = ?,"
+            " history = json_insert(history, '$[#]', json(?))"
+            " WHERE tenant_id = ? AND queue = ? AND id = ?",
+            updates,
+        )
+    return claimed
+
+
+def outcome_of(item: _Claimed, ok: bool, retryable: bool, value: Any) -> _Outcome:
+    """What an attempt's result means: success, a retry after backoff, dead (no attempts left) or failed."""
+    job = item.job
+    if ok:
+        return _Outcome(item, "succeeded", result=_encode(value))
+    if retryable and job.attempt < job.max_attempts:
+        return _Outcome(
+            item, "queued", error=str(value), due_at=time.time() + item.backoff.delay(job.attempt)
+        )
+    return _Outcome(item, "dead" if retryable else "failed", error=str(value))

@@ -422,3 +422,28 @@ async def test_tenant_isolation(
             response.status_code == 200 and "acme-only" not in response.text and rule_id not in response.text
         )
     assert (await client.get(f"/v1/rules/{rule_id}", headers=owner)).status_code == 200
+
+
+def test_a_running_appliance_delivers_in_the_background(tmp_path: Any, receiver: Receiver) -> None:
+    """`appliance run` with its in-process workers: publish over HTTP, the webhook arrives by itself."""
+    import httpx
+
+    from tests.conftest import ROOT_KEY
+    from tests.peers import poll_until
+    from tests.process import run_appliance
+
+    env = {
+        "APPLIANCE_ROOT_KEY": ROOT_KEY,
+        "APPLIANCE_RATE_LIMIT_PER_KEY": "",
+        "APPLIANCE_RATE_LIMIT_PER_IP": "",
+    }
+    with run_appliance(tmp_path / "data", env) as proc:
+        headers = {"Authorization": f"Bearer {ROOT_KEY}"}
+        rule = httpx.post(f"{proc.url}/v1/rules", json=webhook_rule(receiver.url), headers=headers)
+        assert rule.status_code == 201, rule.text
+        published = httpx.post(
+            f"{proc.url}/v1/events", json={"source": "shop", "type": "order.created"}, headers=headers
+        )
+        assert published.status_code == 202
+        poll_until(lambda: len(receiver.deliveries) == 1, 15, "the webhook delivery", proc.process)
+        assert msgspec.json.decode(receiver.deliveries[0].body)["id"] == published.json()["id"]
