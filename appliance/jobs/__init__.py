@@ -61,7 +61,7 @@ class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return step / 2 + random.random() * step / 2
 
 
-class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class NewJob(msgspec.Struct, forbid_unknown_fields=True):
     """A job to enqueue (the body of ``POST /v1/queues/{queue}/jobs``)."""
 
     type: JobType

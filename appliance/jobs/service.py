@@ -132,6 +132,10 @@ def make_queue(ctx: Context) -> JobQueue:
         queue: JobQueue = plugin
         return queue
     retention_s = ctx.settings.job_retention_days * 86400
+    if ctx.settings.redis_url:
+        from appliance.jobs.arq import ArqQueue
+
+        return ArqQueue(ctx.db, ctx.settings.redis_url, retention_s=retention_s)
     from appliance.jobs.sqlite import SqliteQueue
 
     return SqliteQueue(ctx.db, retention_s=retention_s)

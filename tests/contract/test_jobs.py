@@ -45,7 +45,7 @@ class Handlers:
         return {"echo": payload.get("value"), "attempt": job.attempt}
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "arq"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -268,3 +268,47 @@ async def test_a_job_held_by_a_killed_worker_runs_again(world: World, tmp_path: 
     done = await jobs.get("acme", "q", record.id)
     assert done.status == "succeeded" and done.attempts == 2
     assert [c.attempt for c in handlers.calls] == [2]
+
+
+def _redis_argv(port: int, workdir: Path) -> list[str]:
+    from tests.peers import HOST, find_tool
+
+    return [
+        find_tool("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+
+
+async def test_arq_enqueues_survive_a_redis_outage(tmp_path: Path) -> None:
+    """Redis stops: enqueues are still accepted (recorded) and /readyz says so; once it is back, all run."""
+    from tests.peers import free_port, redis_pong, running
+
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    ctx, _ = assemble(make_settings(tmp_path / "data", redis_url=f"redis://127.0.0.1:{port}/0"), role="cli")
+    handlers = Handlers()
+    ctx.register_job_handler("test.work", handlers.work)
+    with running("redis-outage", _redis_argv(port, workdir), workdir, lambda: redis_pong(port)) as redis:
+        async with ctx.running():
+            jobs = ctx.service("jobs", JobService)
+            first = await jobs.enqueue("default", "q", NewJob(type="test.work", payload={"value": 1}))
+            redis.stop()
+            second = await jobs.enqueue("default", "q", NewJob(type="test.work", payload={"value": 2}))
+            assert (await jobs.get("default", "q", second.id)).status == "queued"
+            [status] = [s for s in await ctx.check_health() if s.name == "jobs"]
+            assert not status.ok and "APPLIANCE_REDIS_URL" in status.detail
+            with running("redis-outage-2", _redis_argv(port, workdir), workdir, lambda: redis_pong(port)):
+                await jobs.drain()
+                for record in (first, second):
+                    assert (await jobs.get("default", "q", record.id)).status == "succeeded"
+                assert sorted(c.payload["value"] for c in handlers.calls) == [1, 2]

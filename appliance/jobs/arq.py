@@ -1,0 +1,322 @@
+"""The ``arq`` adapter: arq on Redis dispatches and runs the jobs; the metadata DB keeps their records.
+
+Each job is recorded in the ``jobs`` table first (in the caller's transaction when there is one), then
+pushed to arq once that commits, so a job is never in Redis without its record and never lost when a
+push fails: a sweep re-pushes overdue records (a no-op for those arq still holds, since the arq job id
+is derived from the job's). arq's worker runs them with its own semantics (an in-progress lock per job,
+``Retry`` to defer, rerun when a worker vanishes); around it the adapter adds what arq lacks:
+
+- status, attempts history, results and the dead-letter list, in the record;
+- ``max_attempts`` with exponential backoff and jitter (a failed attempt raises arq's ``Retry``);
+- priority, as an earlier score in arq's queue (a due job of priority ``p`` sorts as if enqueued
+  ``p + 100`` hours earlier), so higher priorities run first among the jobs enqueued due;
+- a short, heartbeat-refreshed in-progress lock, so a killed worker's job runs again within seconds
+  rather than after arq's default (the longest function timeout plus 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import Job as ArqJob
+from arq.worker import Retry, Worker, func
+from redis.exceptions import RedisError
+
+from appliance.core.context import BackendStatus
+from appliance.core.db import Database, Tx
+from appliance.jobs import JobHandler, JobRecord, NewJob
+from appliance.jobs.sqlite import (
+    _CLAIM_COLUMNS,
+    SqliteQueue,
+    _Claimed,
+    _write_outcomes,
+    claim_rows,
+    outcome_of,
+    run_handler,
+)
+
+__all__ = ["ArqQueue"]
+
+log = logging.getLogger("appliance.jobs")
+
+ARQ_QUEUE = "appliance:jobs"
+FUNCTION = "appliance_job"
+LOCK_S = 6.0  # the in-progress lock of a running job; refreshed every LOCK_S / 3 while it runs
+PRIORITY_STEP_S = 3600.0
+SWEEP_EVERY_S = 5.0
+OVERDUE_S = 5.0
+POLL_DELAY_S = 0.05
+
+
+def _arq_id(tenant: str, queue: str, job_id: str) -> str:
+    return f"{tenant}:{queue}:{job_id}"
+
+
+class ArqQueue(SqliteQueue):
+    """The ``arq`` adapter of :class:`appliance.jobs.JobQueue` (records in SQLite, dispatch in Redis)."""
+
+    name = "arq"
+
+    def __init__(self, db: Database, redis_url: str, retention_s: float = 7 * 86400.0) -> None:
+        super().__init__(db, retention_s=retention_s)
+        self.redis_url = redis_url
+        self._pool: ArqRedis | None = None
+        self._worker: Worker | None = None
+        self._handlers: dict[str, JobHandler] = {}
+        self._last_push_sweep = 0.0
+
+    @property
+    def pool(self) -> ArqRedis:
+        if self._pool is None:
+            raise RuntimeError("the arq queue is not started")
+        return self._pool
+
+    async def start(self) -> None:
+        await super().start()
+        settings = RedisSettings.from_dsn(self.redis_url)
+        settings.conn_retries = 0
+        self._pool = await create_pool(settings, default_queue_name=ARQ_QUEUE)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._stop_worker()
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+    # ------------------------------------------------------------- enqueue ---
+
+    async def enqueue(self, tenant: str, queue: str, jobs: list[NewJob], tx: Tx | None) -> list[JobRecord]:
+        if tx is not None:
+            records = await self._insert(tx, tenant, queue, jobs)
+            tx.after_commit(lambda: self._push_quietly(records))
+            return records
+        async with self.db.transaction() as own:
+            records = await self._insert(own, tenant, queue, jobs)
+        await self._push_quietly(records)
+        return records
+
+    async def retry_dead(self, tenant: str, queue: str, job_id: str) -> JobRecord | None:
+        record = await super().retry_dead(tenant, queue, job_id)
+        if record is not None:
+            await self._push_quietly([record])
+        return record
+
+    async def _push_quietly(self, records: list[JobRecord]) -> None:
+        # The records are committed: a push that fails now is repeated by the sweep, never lost.
+        try:
+            await self._push(records)
+        except (RedisError, OSError) as exc:
+            log.warning("could not push %d job(s) to Redis (the sweep will retry): %s", len(records), exc)
+
+    async def _push(self, records: list[JobRecord]) -> None:
+        now = time.time()
+        for record in records:
+            if record.status != "queued":
+                continue
+            await self.pool.enqueue_job(
+                FUNCTION,
+                record.tenant,
+                record.queue,
+                record.id,
+                _job_id=_arq_id(record.tenant, record.queue, record.id),
+                _defer_until=_score_time(record.run_at, record.priority, now),
+                _expires=timedelta(seconds=max(0.0, record.run_at - now) + 30 * 86400),
+            )
+
+    async def _sweep_pushes(self, force: bool = False) -> None:
+        """Push records that are overdue (a failed push, or Redis lost them); no-op for those arq holds."""
+        now = time.time()
+        if not force and now - self._last_push_sweep < SWEEP_EVERY_S:
+            return
+        self._last_push_sweep = now
+        cutoff = now if force else now - OVERDUE_S
+        rows = await self.db.fetchall(
+            "SELECT tenant_id, queue, id, priority, due_at FROM jobs"
+            " WHERE status IN ('queued', 'running') AND due_at <= ? ORDER BY due_at LIMIT 1000",
+            (cutoff,),
+        )
+        for row in rows:
+            await self.pool.enqueue_job(
+                FUNCTION,
+                row["tenant_id"],
+                row["queue"],
+                row["id"],
+                _job_id=_arq_id(row["tenant_id"], row["queue"], row["id"]),
+                _defer_until=_score_time(row["due_at"], row["priority"], now),
+                _expires=timedelta(days=30),
+            )
+
+    # ------------------------------------------------------------- workers ---
+
+    def _make_worker(self, handlers: dict[str, JobHandler], concurrency: int, burst: bool) -> Worker:
+        self._handlers = handlers
+        return Worker(
+            functions=[
+                func(self._run_one, name=FUNCTION, timeout=3600 + 60, max_tries=1_000_000, keep_result=0)
+            ],
+            queue_name=ARQ_QUEUE,
+            redis_pool=self.pool,
+            burst=burst,
+            max_jobs=concurrency,
+            poll_delay=POLL_DELAY_S,
+            keep_result=0,
+            handle_signals=False,
+            health_check_interval=60,
+        )
+
+    async def run(self, handlers: Callable[[], dict[str, JobHandler]], concurrency: int) -> None:
+        self._worker = self._make_worker(handlers(), concurrency, burst=False)
+        sweeper = asyncio.create_task(self._sweep_forever())
+        try:
+            await self._worker.async_run()
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _sweep_forever(self) -> None:
+        while not self._closing:
+            try:
+                await self._sweep_pushes()
+            except (RedisError, OSError) as exc:
+                log.warning("job push sweep failed (Redis unavailable?): %s", exc)
+            await asyncio.sleep(SWEEP_EVERY_S)
+
+    async def drain(self, handlers: dict[str, JobHandler], concurrency: int) -> int:
+        """Poll arq (its worker's own poll step) until nothing is due in Redis or in the records."""
+        worker = self._make_worker(handlers, concurrency, burst=True)
+        started = 0
+        try:
+            while True:
+                await self._sweep_pushes(force=True)
+                before = worker.jobs_complete + worker.jobs_failed + worker.jobs_retried
+                await worker._poll_iteration()  # arq's worker loop body: start due jobs, reap done ones
+                if worker.tasks:
+                    await asyncio.wait(list(worker.tasks.values()), timeout=POLL_DELAY_S)
+                else:
+                    due = await self.pool.zcount(ARQ_QUEUE, float("-inf"), time.time() * 1000)
+                    if not due and await self._idle():
+                        return started
+                    await asyncio.sleep(POLL_DELAY_S)
+                started += worker.jobs_complete + worker.jobs_failed + worker.jobs_retried - before
+        finally:
+            for task in worker.tasks.values():
+                task.cancel()
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+    async def _stop_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        worker.allow_pick_jobs = False
+        if worker.main_task is not None:
+            worker.main_task.cancel()
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(
+            *worker.tasks.values(), *([worker.main_task] if worker.main_task else []), return_exceptions=True
+        )
+
+    async def _run_one(self, ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> None:
+        """The arq function ``(tenant, queue, job_id)``: claim the record, run one attempt, record the outcome."""
+        tenant, queue, job_id = args
+        item = await self._claim_one(tenant, queue, job_id)
+        if item is None:
+            return
+        heartbeat = asyncio.create_task(self._hold_lock(_arq_id(tenant, queue, job_id)))
+        try:
+            outcome = outcome_of(item, *await run_handler(self._handlers.get(item.job.type), item.job))
+        except asyncio.CancelledError:
+            await self._release(item)
+            raise
+        finally:
+            heartbeat.cancel()
+        async with self.db.transaction() as tx:
+            await _write_outcomes(tx, [outcome], time.time())
+        if outcome.status == "queued":
+            raise Retry(defer=max(0.0, outcome.due_at - time.time()))
+
+    async def _claim_one(self, tenant: str, queue: str, job_id: str) -> _Claimed | None:
+        now = time.time()
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE tenant_id = ? AND queue = ? AND id = ?",
+                (tenant, queue, job_id),
+            )
+            if row is None or row["status"] not in ("queued", "running"):
+                return None  # gone (tenant deleted) or already finished: a duplicate push
+            if row["due_at"] > now:
+                # Not due yet, or another attempt holds the lease (a vanished worker's runs out first).
+                raise Retry(defer=row["due_at"] - now + 0.05)
+            claimed = await claim_rows(tx, [row], now)
+        return claimed[0] if claimed else None
+
+    async def _hold_lock(self, arq_id: str) -> None:
+        key = in_progress_key_prefix + arq_id
+        with contextlib.suppress(RedisError, OSError):
+            while True:
+                await self.pool.pexpire(key, int(LOCK_S * 1000))
+                await asyncio.sleep(LOCK_S / 3)
+
+    async def _release(self, item: _Claimed) -> None:
+        """Hand a job back when its worker stops mid-attempt (the attempt does not count)."""
+        with contextlib.suppress(Exception):
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
+                    " history = json_remove(history, '$[#-1]')"
+                    " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?",
+                    (time.time(), item.job.tenant, item.job.queue, item.job.id, item.lease),
+                )
+
+    # --------------------------------------------------------------- admin ---
+
+    async def health(self) -> BackendStatus:
+        try:
+            info = await self.pool.info("server")
+            queued = await self.pool.zcard(ARQ_QUEUE)
+        except (RedisError, OSError) as exc:
+            return BackendStatus(
+                name="jobs",
+                backend="arq",
+                mode="server",
+                ok=False,
+                detail=f"Redis at APPLIANCE_REDIS_URL does not answer ({exc}); start it or unset the URL",
+            )
+        return BackendStatus(
+            name="jobs",
+            backend="arq",
+            mode="server",
+            ok=True,
+            detail=f"{queued} job(s) in the arq queue",
+            version=str(info.get("redis_version", "")),
+        )
+
+    async def purge(self, tenant: str) -> None:
+        """Remove the tenant's arq jobs from Redis (its records cascade from ``tenants``)."""
+        prefix = f"{tenant}:"
+        async for key in self.pool.scan_iter(match=f"{job_key_prefix}{prefix}*", count=500):
+            arq_id = key.decode()[len(job_key_prefix) :]
+            await self.pool.zrem(ARQ_QUEUE, arq_id)
+            await self.pool.delete(key, retry_key_prefix + arq_id, in_progress_key_prefix + arq_id)
+
+    async def arq_job(self, tenant: str, queue: str, job_id: str) -> ArqJob:
+        """arq's own view of a job (for diagnostics)."""
+        return ArqJob(_arq_id(tenant, queue, job_id), self.pool, _queue_name=ARQ_QUEUE)
+
+
+def _score_time(due_at: float, priority: int, now: float) -> datetime:
+    """When arq should consider the job due: its due time, moved earlier by its priority once it is due."""
+    at = max(due_at, now)
+    if due_at <= now:
+        at -= (priority + 100) * PRIORITY_STEP_S  # priorities run from -100 to 100: never in the future
+    return datetime.fromtimestamp(at, tz=UTC)
