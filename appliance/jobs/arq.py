@@ -37,6 +37,7 @@ from appliance.jobs.sqlite import (
     _CLAIM_COLUMNS,
     SqliteQueue,
     _Claimed,
+    _Outcome,
     _write_outcomes,
     claim_rows,
     outcome_of,
@@ -72,6 +73,7 @@ class ArqQueue(SqliteQueue):
         self._worker: Worker | None = None
         self._handlers: dict[str, JobHandler] = {}
         self._last_push_sweep = 0.0
+        self._writes = _Batcher(db)
 
     @property
     def pool(self) -> ArqRedis:
@@ -144,7 +146,15 @@ class ArqQueue(SqliteQueue):
             " WHERE status IN ('queued', 'running') AND due_at <= ? ORDER BY due_at LIMIT 1000",
             (cutoff,),
         )
-        for row in rows:
+        if not rows:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.exists(job_key_prefix + _arq_id(row["tenant_id"], row["queue"], row["id"]))
+            held = await pipe.execute()
+        for row, exists in zip(rows, held, strict=True):
+            if exists:
+                continue
             await self.pool.enqueue_job(
                 FUNCTION,
                 row["tenant_id"],
@@ -159,7 +169,7 @@ class ArqQueue(SqliteQueue):
 
     def _make_worker(self, handlers: dict[str, JobHandler], concurrency: int, burst: bool) -> Worker:
         self._handlers = handlers
-        return Worker(
+        worker = Worker(
             functions=[
                 func(self._run_one, name=FUNCTION, timeout=3600 + 60, max_tries=1_000_000, keep_result=0)
             ],
@@ -172,6 +182,10 @@ class ArqQueue(SqliteQueue):
             handle_signals=False,
             health_check_interval=60,
         )
+        # arq locks a started job for its longest function timeout + 10 s, so a killed worker's job would
+        # wait an hour; a short lock that running jobs refresh (_hold_lock) brings it back in seconds.
+        worker.in_progress_timeout_s = LOCK_S
+        return worker
 
     async def run(self, handlers: Callable[[], dict[str, JobHandler]], concurrency: int) -> None:
         self._worker = self._make_worker(handlers(), concurrency, burst=False)
@@ -197,15 +211,18 @@ class ArqQueue(SqliteQueue):
         started = 0
         try:
             while True:
-                await self._sweep_pushes(force=True)
                 before = worker.jobs_complete + worker.jobs_failed + worker.jobs_retried
                 await worker._poll_iteration()  # arq's worker loop body: start due jobs, reap done ones
                 if worker.tasks:
-                    await asyncio.wait(list(worker.tasks.values()), timeout=POLL_DELAY_S)
+                    await asyncio.wait(
+                        list(worker.tasks.values()), timeout=POLL_DELAY_S, return_when="FIRST_COMPLETED"
+                    )
                 else:
                     due = await self.pool.zcount(ARQ_QUEUE, float("-inf"), time.time() * 1000)
-                    if not due and await self._idle():
-                        return started
+                    if not due:
+                        if await self._idle():
+                            return started
+                        await self._sweep_pushes(force=True)  # due records arq does not hold
                     await asyncio.sleep(POLL_DELAY_S)
                 started += worker.jobs_complete + worker.jobs_failed + worker.jobs_retried - before
         finally:
@@ -229,7 +246,11 @@ class ArqQueue(SqliteQueue):
     async def _run_one(self, ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> None:
         """The arq function ``(tenant, queue, job_id)``: claim the record, run one attempt, record the outcome."""
         tenant, queue, job_id = args
-        item = await self._claim_one(tenant, queue, job_id)
+        claim = await self._writes.claim((tenant, queue, job_id))
+        if isinstance(claim, float):
+            # Not due yet, or another attempt holds the lease (a vanished worker's runs out first).
+            raise Retry(defer=claim)
+        item = claim
         if item is None:
             return
         heartbeat = asyncio.create_task(self._hold_lock(_arq_id(tenant, queue, job_id)))
@@ -240,32 +261,17 @@ class ArqQueue(SqliteQueue):
             raise
         finally:
             heartbeat.cancel()
-        async with self.db.transaction() as tx:
-            await _write_outcomes(tx, [outcome], time.time())
+        await self._writes.finish(outcome)
         if outcome.status == "queued":
             raise Retry(defer=max(0.0, outcome.due_at - time.time()))
-
-    async def _claim_one(self, tenant: str, queue: str, job_id: str) -> _Claimed | None:
-        now = time.time()
-        async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE tenant_id = ? AND queue = ? AND id = ?",
-                (tenant, queue, job_id),
-            )
-            if row is None or row["status"] not in ("queued", "running"):
-                return None  # gone (tenant deleted) or already finished: a duplicate push
-            if row["due_at"] > now:
-                # Not due yet, or another attempt holds the lease (a vanished worker's runs out first).
-                raise Retry(defer=row["due_at"] - now + 0.05)
-            claimed = await claim_rows(tx, [row], now)
-        return claimed[0] if claimed else None
 
     async def _hold_lock(self, arq_id: str) -> None:
         key = in_progress_key_prefix + arq_id
         with contextlib.suppress(RedisError, OSError):
             while True:
-                await self.pool.pexpire(key, int(LOCK_S * 1000))
+                # arq set the lock to LOCK_S when it started the job; most jobs end before a refresh.
                 await asyncio.sleep(LOCK_S / 3)
+                await self.pool.pexpire(key, int(LOCK_S * 1000))
 
     async def _release(self, item: _Claimed) -> None:
         """Hand a job back when its worker stops mid-attempt (the attempt does not count)."""
@@ -320,3 +326,83 @@ def _score_time(due_at: float, priority: int, now: float) -> datetime:
     if due_at <= now:
         at -= (priority + 100) * PRIORITY_STEP_S  # priorities run from -100 to 100: never in the future
     return datetime.fromtimestamp(at, tz=UTC)
+
+
+Key = tuple[str, str, str]
+
+
+class _Batcher:
+    """Claims and outcomes of concurrent arq jobs, written together: one transaction, a few statements."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._claims: list[tuple[Key, asyncio.Future[_Claimed | float | None]]] = []
+        self._outcomes: list[tuple[_Outcome, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def claim(self, key: Key) -> _Claimed | float | None:
+        """The claimed attempt; seconds to wait if the job is not due; ``None`` if there is nothing to run."""
+        future: asyncio.Future[_Claimed | float | None] = asyncio.get_running_loop().create_future()
+        self._claims.append((key, future))
+        self._schedule()
+        return await future
+
+    async def finish(self, outcome: _Outcome) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((outcome, future))
+        self._schedule()
+        await future
+
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the other jobs of this poll add theirs
+        while self._claims or self._outcomes:
+            claims, self._claims = self._claims, []
+            outcomes, self._outcomes = self._outcomes, []
+            futures: list[asyncio.Future[Any]] = [f for _, f in claims] + [f for _, f in outcomes]
+            try:
+                async with self.db.transaction() as tx:
+                    now = time.time()
+                    await _write_outcomes(tx, [o for o, _ in outcomes], now)
+                    results = await _claim_many(tx, [k for k, _ in claims], now)
+            except Exception as exc:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(claims, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+            for _, done in outcomes:
+                if not done.done():
+                    done.set_result(None)
+
+
+async def _claim_many(tx: Tx, keys: list[Key], now: float) -> list[_Claimed | float | None]:
+    if not keys:
+        return []
+    values = ",".join("(?, ?, ?)" for _ in keys)
+    rows = await tx.fetchall(
+        f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE (tenant_id, queue, id) IN (VALUES {values})",
+        [part for key in keys for part in key],
+    )
+    by_key = {(r["tenant_id"], r["queue"], r["id"]): r for r in rows}
+    due = []
+    for key in keys:
+        row = by_key.get(key)
+        if row is not None and row["status"] in ("queued", "running") and row["due_at"] <= now:
+            due.append(row)
+    claimed = {(c.job.tenant, c.job.queue, c.job.id): c for c in await claim_rows(tx, due, now)}
+    results: list[_Claimed | float | None] = []
+    for key in keys:
+        row = by_key.get(key)
+        if row is None or row["status"] not in ("queued", "running"):
+            results.append(None)  # gone (tenant deleted) or already finished: a duplicate push
+        elif row["due_at"] > now:
+            results.append(float(row["due_at"] - now + 0.05))
+        else:
+            results.append(claimed.get(key))
+    return results
