@@ -192,6 +192,9 @@ class ArqQueue(SqliteQueue):
         sweeper = asyncio.create_task(self._sweep_forever())
         try:
             await self._worker.async_run()
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise  # close() cancels arq's main task: that is a normal stop, anything else is not
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

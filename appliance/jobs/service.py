@@ -31,7 +31,6 @@ class JobService:
         self.ctx = ctx
         self.queue = queue
         self.concurrency = ctx.settings.job_concurrency
-        self._handlers: dict[str, JobHandler] | None = None
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -39,11 +38,9 @@ class JobService:
         return self.queue.name
 
     def handlers(self) -> dict[str, JobHandler]:
-        """Every job handler by type (the capabilities' own and the plugins'), looked up once."""
-        if self._handlers is None:
-            handlers: dict[str, JobHandler] = dict(self.ctx.job_handlers())
-            self._handlers = handlers
-        return self._handlers
+        """Every job handler by type (the capabilities' own and the plugins'), as registered now."""
+        handlers: dict[str, JobHandler] = dict(self.ctx.job_handlers())
+        return handlers
 
     async def enqueue(self, tenant: str, queue: str, job: NewJob, *, tx: Tx | None = None) -> JobRecord:
         """Enqueue one job; with ``tx`` it commits with the caller's writes. A known ``job_id`` returns that job."""

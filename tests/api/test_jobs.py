@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -227,3 +229,30 @@ async def test_tenant_isolation(client: Client, app: Litestar, make_tenant: Make
     # The root key acts in a tenant only when it names it.
     as_root = await client.get(f"/v1/queues/q/jobs/{job_id}", headers={**ROOT, "X-Tenant-ID": "acme"})
     assert as_root.status_code == 200
+
+
+async def test_http_job_over_the_arq_backend(
+    tmp_path: Any, request: pytest.FixtureRequest, receiver: Receiver
+) -> None:
+    """The same API with APPLIANCE_REDIS_URL set: the job is run by arq and signed the same way."""
+    from appliance.app import create_app
+
+    redis = request.getfixturevalue("redis_peer")
+    # The app's own worker runs the job (the test client serves the app on a loop of its own, so the
+    # test polls the API, with a deadline, instead of draining the queue from here).
+    app = create_app(make_settings(tmp_path / "arq-data", redis_url=redis.url))
+    async with AsyncTestClient(app, base_url="http://appliance.test") as client:
+        job = {"type": "http", "payload": {"url": receiver.url, "body": {"via": "arq"}, "secret": "k"}}
+        created = await client.post("/v1/queues/hooks/jobs", json=job, headers=ROOT)
+        assert created.status_code == 201, created.text
+        path = f"/v1/queues/hooks/jobs/{created.json()['id']}"
+        deadline = time.monotonic() + 15
+        while (await client.get(path, headers=ROOT)).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, "the arq worker did not run the job"
+            await asyncio.sleep(0.02)
+        [delivery] = receiver.deliveries
+        assert verify("k", delivery.body, delivery.headers["Appliance-Signature"])
+        ready = (await client.get("/readyz")).json()
+        assert {"name": "jobs", "backend": "arq", "ok": True}.items() <= next(
+            b for b in ready["backends"] if b["name"] == "jobs"
+        ).items()

@@ -209,6 +209,23 @@ async def test_jobs_are_tenant_scoped(world: World) -> None:
         await jobs.get("acme", "another-queue", record.id)
 
 
+async def test_purge_removes_what_the_tenant_left_in_the_backend(world: World, backend: str) -> None:
+    ctx, jobs, _ = world
+    await jobs.enqueue("other", "q", NewJob(type="test.work", delay_s=3600))
+    kept = await jobs.enqueue("acme", "q", NewJob(type="test.work", delay_s=3600))
+    await jobs.queue.purge("other")
+    await ctx.tenants.delete("other")
+    if backend == "arq":
+        from appliance.jobs.arq import ArqQueue
+
+        assert isinstance(jobs.queue, ArqQueue)
+        assert [k async for k in jobs.queue.pool.scan_iter(match="*other:*")] == []
+        assert [k async for k in jobs.queue.pool.scan_iter(match=f"*acme:q:{kept.id}")] != []
+    rows = await ctx.db.fetchall("SELECT tenant_id FROM jobs")
+    assert [r["tenant_id"] for r in rows] == ["acme"]
+    await ctx.tenants.create("other", "Other")  # the fixture's teardown purges it again
+
+
 async def test_health_reports_the_backend(world: World, backend: str) -> None:
     ctx, _, _ = world
     statuses = {s.name: s for s in await ctx.check_health()}
