@@ -42,6 +42,7 @@ log = logging.getLogger("appliance.jobs")
 # time to write the outcome, so only a dead worker's lease ever runs out.
 LEASE_GRACE_S = 2.0
 IDLE_POLL_S = 0.2
+STOP_WAIT_S = 5.0  # how long a stopping worker lets running attempts finish before handing them back
 
 MIGRATIONS = [
     Migration(
@@ -163,6 +164,7 @@ class SqliteQueue:
     def __init__(self, db: Database, retention_s: float = 7 * 86400.0) -> None:
         self.db = db
         self.retention_s = retention_s
+        self.stop_wait_s = STOP_WAIT_S
         self._signal = asyncio.Event()
         self._closing = False
         self._last_sweep = 0.0
@@ -338,8 +340,12 @@ class SqliteQueue:
         return await claim_rows(tx, rows, now)
 
     async def _stop(self, inflight: dict[asyncio.Task[None], _Claimed], outcomes: list[_Outcome]) -> None:
-        """Cancel what still runs and hand those jobs back (their attempt does not count); save outcomes."""
+        """Let running attempts finish for a moment, then cancel the rest and hand those jobs back (their
+        attempt does not count); save every outcome."""
         pending = dict(inflight)
+        if pending and self._closing:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(list(pending), timeout=self.stop_wait_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -329,3 +329,28 @@ async def test_arq_enqueues_survive_a_redis_outage(tmp_path: Path) -> None:
                 for record in (first, second):
                     assert (await jobs.get("default", "q", record.id)).status == "succeeded"
                 assert sorted(c.payload["value"] for c in handlers.calls) == [1, 2]
+
+
+async def test_stopping_a_worker_hands_running_jobs_back(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    overrides: dict[str, Any] = {}
+    if backend == "arq":
+        overrides["redis_url"] = request.getfixturevalue("redis_peer").url
+    ctx, _ = assemble(make_settings(tmp_path / "data", **overrides), role="worker")
+    handlers = Handlers()
+    ctx.register_job_handler("test.work", handlers.work)
+    async with ctx.running():
+        jobs = ctx.service("jobs", JobService)
+        jobs.queue.stop_wait_s = 0.05
+        quick = await jobs.enqueue("default", "q", NewJob(type="test.work", payload={"value": 1}))
+        slow = await jobs.enqueue("default", "q", NewJob(type="test.work", payload={"sleep": 60}))
+        deadline = time.monotonic() + 15
+        while len(handlers.calls) < 2 or (await jobs.get("default", "q", quick.id)).status != "succeeded":
+            assert time.monotonic() < deadline, "the background worker did not start both jobs"
+            await asyncio.sleep(0.02)
+    reader, _ = assemble(make_settings(tmp_path / "data", **overrides), role="cli")  # no workers
+    async with reader.running():
+        record = await reader.service("jobs", JobService).queue.get("default", "q", slow.id)
+        await reader.service("jobs", JobService).queue.purge("default")
+    assert record is not None and record.status == "queued" and record.attempts == 0 and record.history == []
