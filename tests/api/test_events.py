@@ -447,3 +447,50 @@ def test_a_running_appliance_delivers_in_the_background(tmp_path: Any, receiver:
         assert published.status_code == 202
         poll_until(lambda: len(receiver.deliveries) == 1, 15, "the webhook delivery", proc.process)
         assert msgspec.json.decode(receiver.deliveries[0].body)["id"] == published.json()["id"]
+
+
+def test_a_separate_worker_process_delivers(tmp_path: Any, receiver: Receiver) -> None:
+    """`appliance run` without workers plus `appliance worker` on the same data dir (two boxes' roles)."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import ROOT_KEY
+    from tests.peers import poll_until
+    from tests.process import run_appliance
+
+    env = {
+        "APPLIANCE_ROOT_KEY": ROOT_KEY,
+        "APPLIANCE_RATE_LIMIT_PER_KEY": "",
+        "APPLIANCE_RATE_LIMIT_PER_IP": "",
+        "APPLIANCE_WORKER": "false",
+    }
+    data_dir = tmp_path / "data"
+    with run_appliance(data_dir, env) as api:
+        headers = {"Authorization": f"Bearer {ROOT_KEY}"}
+        assert (
+            httpx.post(f"{api.url}/v1/rules", json=webhook_rule(receiver.url), headers=headers).status_code
+            == 201
+        )
+        published = httpx.post(
+            f"{api.url}/v1/events", json={"source": "shop", "type": "order.created"}, headers=headers
+        )
+        assert published.status_code == 202
+        worker_env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        worker_env.update({**env, "APPLIANCE_DATA_DIR": str(data_dir)})
+        log = (tmp_path / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "worker"],
+            env=worker_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            poll_until(lambda: len(receiver.deliveries) == 1, 15, "the worker's webhook delivery", worker)
+        finally:
+            worker.terminate()
+            assert worker.wait(timeout=15) == 0, (tmp_path / "worker.log").read_text()
+            log.close()
+        assert msgspec.json.decode(receiver.deliveries[0].body)["id"] == published.json()["id"]
