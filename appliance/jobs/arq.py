@@ -21,12 +21,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import Job as ArqJob
+from arq.jobs import serialize_job
 from arq.worker import Retry, Worker, func
 from redis.exceptions import RedisError
 
@@ -120,19 +120,27 @@ class ArqQueue(SqliteQueue):
             log.warning("could not push %d job(s) to Redis (the sweep will retry): %s", len(records), exc)
 
     async def _push(self, records: list[JobRecord]) -> None:
+        await self._push_keys(
+            [(r.tenant, r.queue, r.id, r.run_at, r.priority) for r in records if r.status == "queued"]
+        )
+
+    async def _push_keys(self, jobs: list[tuple[str, str, str, float, int]]) -> None:
+        """Create the arq jobs (what ``enqueue_job`` writes) in one round trip; those arq holds stay as they are.
+
+        ``SET NX`` on the job key and ``ZADD NX`` on the queue mirror ``enqueue_job``'s "exists -> no-op"
+        without its per-job WATCH/MULTI: the record in SQLite, not Redis, is what dedupes jobs.
+        """
+        if not jobs:
+            return
         now = time.time()
-        for record in records:
-            if record.status != "queued":
-                continue
-            await self.pool.enqueue_job(
-                FUNCTION,
-                record.tenant,
-                record.queue,
-                record.id,
-                _job_id=_arq_id(record.tenant, record.queue, record.id),
-                _defer_until=_score_time(record.run_at, record.priority, now),
-                _expires=timedelta(seconds=max(0.0, record.run_at - now) + 30 * 86400),
-            )
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for tenant, queue, job_id, due_at, priority in jobs:
+                arq_id = _arq_id(tenant, queue, job_id)
+                data = serialize_job(FUNCTION, (tenant, queue, job_id), {}, None, int(now * 1000))
+                expires_ms = int((max(0.0, due_at - now) + 30 * 86400) * 1000)
+                pipe.set(job_key_prefix + arq_id, data, px=expires_ms, nx=True)
+                pipe.zadd(ARQ_QUEUE, {arq_id: _score_ms(due_at, priority, now)}, nx=True)
+            await pipe.execute()
 
     async def _sweep_pushes(self, force: bool = False) -> None:
         """Push records that are overdue (a failed push, or Redis lost them); no-op for those arq holds."""
@@ -146,24 +154,9 @@ class ArqQueue(SqliteQueue):
             " WHERE status IN ('queued', 'running') AND due_at <= ? ORDER BY due_at LIMIT 1000",
             (cutoff,),
         )
-        if not rows:
-            return
-        async with self.pool.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.exists(job_key_prefix + _arq_id(row["tenant_id"], row["queue"], row["id"]))
-            held = await pipe.execute()
-        for row, exists in zip(rows, held, strict=True):
-            if exists:
-                continue
-            await self.pool.enqueue_job(
-                FUNCTION,
-                row["tenant_id"],
-                row["queue"],
-                row["id"],
-                _job_id=_arq_id(row["tenant_id"], row["queue"], row["id"]),
-                _defer_until=_score_time(row["due_at"], row["priority"], now),
-                _expires=timedelta(days=30),
-            )
+        await self._push_keys(
+            [(r["tenant_id"], r["queue"], r["id"], r["due_at"], r["priority"]) for r in rows]
+        )
 
     # ------------------------------------------------------------- workers ---
 
@@ -323,12 +316,12 @@ class ArqQueue(SqliteQueue):
         return ArqJob(_arq_id(tenant, queue, job_id), self.pool, _queue_name=ARQ_QUEUE)
 
 
-def _score_time(due_at: float, priority: int, now: float) -> datetime:
-    """When arq should consider the job due: its due time, moved earlier by its priority once it is due."""
+def _score_ms(due_at: float, priority: int, now: float) -> int:
+    """arq's queue score: the due time, moved earlier by the priority for a job that is due now."""
     at = max(due_at, now)
     if due_at <= now:
         at -= (priority + 100) * PRIORITY_STEP_S  # priorities run from -100 to 100: never in the future
-    return datetime.fromtimestamp(at, tz=UTC)
+    return int(at * 1000)
 
 
 Key = tuple[str, str, str]
