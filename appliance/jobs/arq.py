@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import Job as ArqJob
 from arq.jobs import serialize_job
 from arq.worker import Retry, Worker, func
+from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from appliance.core.context import BackendStatus
@@ -83,15 +84,16 @@ class ArqQueue(SqliteQueue):
 
     async def start(self) -> None:
         await super().start()
-        settings = RedisSettings.from_dsn(self.redis_url)
-        settings.conn_retries = 0
-        self._pool = await create_pool(settings, default_queue_name=ARQ_QUEUE)
+        # No ping here (unlike arq's create_pool): with Redis down the appliance still starts, /readyz
+        # names Redis, enqueues are recorded and pushed later, and the worker retries its connection.
+        pool = ConnectionPool.from_url(self.redis_url, socket_connect_timeout=2, health_check_interval=30)
+        self._pool = ArqRedis(pool, default_queue_name=ARQ_QUEUE)
 
     async def close(self) -> None:
         await super().close()
         await self._stop_worker()
         if self._pool is not None:
-            await self._pool.aclose()
+            await self._pool.aclose(close_connection_pool=True)
             self._pool = None
 
     # ------------------------------------------------------------- enqueue ---

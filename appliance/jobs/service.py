@@ -32,6 +32,7 @@ class JobService:
         self.queue = queue
         self.concurrency = ctx.settings.job_concurrency
         self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def backend(self) -> str:
@@ -96,11 +97,13 @@ class JobService:
     # ------------------------------------------------------------- lifecycle ---
 
     async def start(self) -> None:
+        self._stopping = False
         await self.queue.start()
         if self.ctx.runs_workers:
             self._worker = asyncio.create_task(self._supervise(), name="appliance-jobs-worker")
 
     async def stop(self) -> None:
+        self._stopping = True
         await self.queue.close()
         if self._worker is not None:
             try:
@@ -113,13 +116,18 @@ class JobService:
 
     async def _supervise(self) -> None:
         # A worker that crashes (a database error, a Redis outage) is restarted, not left dead.
-        while True:
+        while not self._stopping:
             try:
                 await self.queue.run(self.handlers, self.concurrency)
                 return
-            except Exception:
-                log.exception("the %s job worker failed; restarting it in 1 s", self.queue.name)
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                log.error(
+                    "the %s job worker failed (%s: %s); restarting it in 2 s",
+                    self.queue.name,
+                    type(exc).__name__,
+                    exc,
+                )
+                await asyncio.sleep(2.0)
 
 
 def make_queue(ctx: Context) -> JobQueue:

@@ -354,3 +354,16 @@ async def test_stopping_a_worker_hands_running_jobs_back(
         record = await reader.service("jobs", JobService).queue.get("default", "q", slow.id)
         await reader.service("jobs", JobService).queue.purge("default")
     assert record is not None and record.status == "queued" and record.attempts == 0 and record.history == []
+
+
+async def test_arq_starts_without_redis_and_says_so(tmp_path: Path) -> None:
+    from tests.peers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    ctx, _ = assemble(make_settings(tmp_path / "data", redis_url=url), role="worker")
+    async with ctx.running():
+        jobs = ctx.service("jobs", JobService)
+        record = await jobs.enqueue("default", "q", NewJob(type="test.work"))
+        assert (await jobs.get("default", "q", record.id)).status == "queued"
+        [status] = [s for s in await ctx.check_health() if s.name == "jobs"]
+        assert not status.ok and status.backend == "arq"
