@@ -25,7 +25,6 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.jobs import Job as ArqJob
 from arq.jobs import serialize_job
 from arq.worker import Retry, Worker, func
 from redis.asyncio import ConnectionPool
@@ -312,10 +311,6 @@ class ArqQueue(SqliteQueue):
             arq_id = key.decode()[len(job_key_prefix) :]
             await self.pool.zrem(ARQ_QUEUE, arq_id)
             await self.pool.delete(key, retry_key_prefix + arq_id, in_progress_key_prefix + arq_id)
-
-    async def arq_job(self, tenant: str, queue: str, job_id: str) -> ArqJob:
-        """arq's own view of a job (for diagnostics)."""
-        return ArqJob(_arq_id(tenant, queue, job_id), self.pool, _queue_name=ARQ_QUEUE)
 
 
 def _score_ms(due_at: float, priority: int, now: float) -> int:
