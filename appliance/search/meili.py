@@ -17,6 +17,7 @@ A search is one ``/multi-search`` round trip carrying two queries: the page of h
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -44,7 +45,7 @@ from appliance.core.errors import NotFound, ServiceUnavailable, Unprocessable
 from appliance.search import IndexDefinition, IndexInfo, SearchQuery, SearchResult, Task, TaskStatus
 from appliance.search.filters import to_meili
 
-__all__ = ["MAX_TOTAL_HITS", "RANKING_RULES", "MeiliEngine", "index_settings"]
+__all__ = ["MAX_TOTAL_HITS", "RANKING_RULES", "MeiliEngine", "index_settings", "literal_query"]
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ _STATUS: dict[str, TaskStatus] = {
     "canceled": "failed",
 }
 _CALL_TIMEOUT_S = 10
+_NEGATION = re.compile(r"(?:^|(?<=\s))-+")
 
 
 def index_settings(definition: IndexDefinition) -> MeilisearchSettings:
@@ -280,7 +282,7 @@ class MeiliEngine:
         filter_ = to_meili(query.filter) if query.filter is not None else None
         common: dict[str, Any] = {
             "index_uid": uid,
-            "query": query.q,
+            "query": literal_query(query.q),
             "filter": filter_ or None,
             "matching_strategy": "all",
         }
@@ -313,6 +315,15 @@ class MeiliEngine:
             facets={f: dict((counts.facet_distribution or {}).get(f, {})) for f in query.facets},
             took_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+
+def literal_query(q: str) -> str:
+    """The user's text with Meilisearch's query operators neutralised, so it is searched literally.
+
+    Meilisearch reads ``"..."`` as a phrase and a leading ``-`` as "exclude this word"; the FTS5
+    adapter treats both as plain separators, so they become spaces here too.
+    """
+    return _NEGATION.sub(" ", q.replace('"', " "))
 
 
 def _hit(raw: dict[str, Any], index: IndexInfo, highlight: bool) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = ["MAX_DOCUMENTS", "WAIT_TIMEOUT_S", "SearchService"]
 MAX_DOCUMENTS = 100_000
 WAIT_TIMEOUT_S = 30.0
 _DOC_ID = re.compile(DOC_ID_PATTERN)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never meaningful in a query; NUL ends C strings
 
 
 class SearchService:
@@ -111,7 +112,7 @@ def compile_query(request: SearchRequest, index: IndexInfo) -> SearchQuery:
     sort = tuple(SortKey(spec.split(":")[0], spec.endswith(":desc")) for spec in request.sort)
     _require((key.field for key in sort), index.sortable, "sort by", "sortable", index.name)
     return SearchQuery(
-        q=request.q,
+        q=_CONTROL.sub(" ", request.q),
         filter=clause,
         facets=tuple(dict.fromkeys(request.facets)),
         sort=sort,

@@ -27,6 +27,7 @@ import logging
 import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,9 @@ MAX_FACET_VALUES = 100
 BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
+_WORDS = re.compile(r"[^\W_]+", re.UNICODE)
+MAX_EXACT_CHARS = 200  # longer fields are prose: an exact match of the whole of one is not a signal
+EXACT_BONUS = 1000.0
 
 _MIGRATIONS = [
     Migration(
@@ -104,12 +108,19 @@ def match_expression(q: str) -> str:
     ``AND``, ``NEAR``, ``(``, ``*`` and ``:`` are searched for as text, never parsed as syntax. Chunks
     without a letter or digit are dropped; an empty result means "no text condition".
     """
-    chunks = [c for c in q.split() if _WORD.search(c)][:MAX_QUERY_WORDS]
+    chunks = [c for c in q.replace("\x00", " ").split() if _WORD.search(c)][:MAX_QUERY_WORDS]
     if not chunks:
         return ""
     quoted = ['"' + c.replace('"', '""') + '"' for c in chunks]
     quoted[-1] += "*"
     return " ".join(quoted)
+
+
+def exact_key(text: str) -> str:
+    """A text's words, case- and accent-folded, space-separated: equal keys mean an exact match."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    return " ".join(_WORDS.findall(folded))
 
 
 def _weights(count: int) -> list[float]:
@@ -166,10 +177,12 @@ class _Generation:
         self.attrs = f"ix{number}_attrs"
         sort_cols = [f"s{i}" for i in range(len(definition.sortable))]
         self.sort_column = dict(zip(definition.sortable, sort_cols, strict=True))
+        self.exact_columns = [f"x{i}" for i in range(len(definition.searchable))]
+        extra_cols = [*sort_cols, *self.exact_columns]
         fts_cols = [f"c{i}" for i in range(len(definition.searchable))]
         self.insert_doc = (
-            f"INSERT INTO {self.docs} (rowid, doc_id, body{''.join(', ' + c for c in sort_cols)})"
-            f" VALUES (?, ?, ?{', ?' * len(sort_cols)})"
+            f"INSERT INTO {self.docs} (rowid, doc_id, body{''.join(', ' + c for c in extra_cols)})"
+            f" VALUES (?, ?, ?{', ?' * len(extra_cols)})"
         )
         self.insert_fts = (
             f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)}) VALUES (?{', ?' * len(fts_cols)})"
@@ -179,7 +192,7 @@ class _Generation:
         self.bm25 = f"bm25({self.fts}, {weights})"
 
     def ddl(self) -> list[str]:
-        sort_cols = "".join(f", {c}" for c in self.sort_column.values())
+        sort_cols = "".join(f", {c}" for c in [*self.sort_column.values(), *self.exact_columns])
         fts_cols = ", ".join(f"c{i}" for i in range(len(self.definition.searchable)))
         statements = [
             f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE,"
@@ -204,8 +217,9 @@ class _Generation:
         """The docs, FTS and attribute rows of one document."""
         sorts = tuple(_sort_value(doc.get(f)) for f in self.definition.sortable)
         texts = tuple(_text(doc.get(f)) for f in self.definition.searchable)
+        exact = tuple(exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts)
         attrs = [(f, v, rowid) for f in self.definition.filterable for v in _values(doc.get(f))]
-        return (rowid, doc_id, body, *sorts), (rowid, *texts), attrs
+        return (rowid, doc_id, body, *sorts, *exact), (rowid, *texts), attrs
 
     async def write(self, tx: Tx, docs: Sequence[tuple[int, str, bytes, dict[str, Any]]]) -> None:
         doc_rows, fts_rows, attr_rows = [], [], []
@@ -554,7 +568,19 @@ class _Plan:
         g = self.g
         source, params = self._from()
         columns = ["d.body AS body"]
-        columns.append(f"-{g.bm25} AS score" if self.match else "0.0 AS score")
+        select_params: list[Any] = []
+        if self.match:
+            # BM25 (FTS5 normalises by the whole row's length), then a bonus per searchable field the
+            # query equals exactly, weighted like the field: "Dune" ranks before "Dune: Part Two".
+            key = exact_key(self.query.q)
+            exact = " + ".join(
+                f"(d.{column} IS ?) * {weight!r}"
+                for column, weight in zip(g.exact_columns, _weights(len(g.exact_columns)), strict=True)
+            )
+            columns.append(f"-{g.bm25} + {EXACT_BONUS!r} * ({exact}) AS score")
+            select_params = [key] * len(g.exact_columns)
+        else:
+            columns.append("0.0 AS score")
         if self.query.highlight and self.match:
             columns += [
                 f"highlight({g.fts}, {i}, '<mark>', '</mark>') AS h{i}"
@@ -565,10 +591,10 @@ class _Plan:
             column = f"d.{g.sort_column[key.field]}"
             order += [f"{column} IS NULL", f"{column} {'DESC' if key.descending else 'ASC'}"]
         if self.match:
-            order.append(g.bm25)
+            order.append("score DESC")
         order.append("d.rowid")
         sql = f"SELECT {', '.join(columns)} {source} ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
-        return sql, [*params, self.query.limit, self.query.offset]
+        return sql, [*select_params, *params, self.query.limit, self.query.offset]
 
     def count(self) -> tuple[str, list[Any]]:
         if self.match and not self.filter_sql:
