@@ -572,13 +572,13 @@ class _Plan:
         if self.match:
             # BM25 (FTS5 normalises by the whole row's length), then a bonus per searchable field the
             # query equals exactly, weighted like the field: "Dune" ranks before "Dune: Part Two".
-            key = exact_key(self.query.q)
+            folded = exact_key(self.query.q)
             exact = " + ".join(
                 f"(d.{column} IS ?) * {weight!r}"
                 for column, weight in zip(g.exact_columns, _weights(len(g.exact_columns)), strict=True)
             )
             columns.append(f"-{g.bm25} + {EXACT_BONUS!r} * ({exact}) AS score")
-            select_params = [key] * len(g.exact_columns)
+            select_params = [folded] * len(g.exact_columns)
         else:
             columns.append("0.0 AS score")
         if self.query.highlight and self.match:
