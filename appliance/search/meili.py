@@ -21,16 +21,12 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-import httpx
 from meilisearch_python_sdk import AsyncClient
-from meilisearch_python_sdk.errors import (
-    MeilisearchApiError,
-    MeilisearchCommunicationError,
-    MeilisearchTimeoutError,
-)
+from meilisearch_python_sdk.errors import MeilisearchApiError, MeilisearchError, MeilisearchTimeoutError
+from meilisearch_python_sdk.models.index import IndexInfo as MeiliIndexInfo
 from meilisearch_python_sdk.models.search import SearchParams
 from meilisearch_python_sdk.models.settings import (
     Faceting,
@@ -60,6 +56,7 @@ _STATUS: dict[str, TaskStatus] = {
     "canceled": "failed",
 }
 _CALL_TIMEOUT_S = 10
+_LIST_PAGE = 1000
 _NEGATION = re.compile(r"(?:^|(?<=\s))-+")
 
 
@@ -113,13 +110,7 @@ class MeiliEngine:
         try:
             health = await self.client.health()
             version = await self.client.get_version()
-        except (
-            MeilisearchCommunicationError,
-            MeilisearchApiError,
-            MeilisearchTimeoutError,
-            httpx.TransportError,
-            OSError,
-        ) as exc:
+        except (MeilisearchError, OSError) as exc:
             status.detail = (
                 f"meilisearch at {self.url} does not answer ({exc}); start it or fix APPLIANCE_MEILI_URL"
             )
@@ -131,10 +122,12 @@ class MeiliEngine:
 
     @asynccontextmanager
     async def _calling(self) -> AsyncIterator[None]:
-        """Map transport failures to a 503 naming Meilisearch."""
+        """Map transport failures (the SDK wraps them in ``MeilisearchError``) to a 503 naming Meilisearch."""
         try:
             yield
-        except (MeilisearchCommunicationError, MeilisearchTimeoutError, httpx.TransportError, OSError) as exc:
+        except MeilisearchApiError:
+            raise
+        except (MeilisearchError, OSError) as exc:
             raise ServiceUnavailable(f"meilisearch at {self.url} is unavailable: {exc}") from None
 
     async def _call(self, call: Awaitable[T]) -> T:
@@ -159,7 +152,7 @@ class MeiliEngine:
             await self._call(
                 self.client.create_index(uid, definition.primary_key, timeout_in_ms=_CALL_TIMEOUT_S * 1000)
             )
-        elif existing.get("primaryKey") != definition.primary_key:
+        elif existing.primary_key != definition.primary_key:
             await self._call(self.client.index(uid).update(primary_key=definition.primary_key))
         await self._settled(
             await self._call(self.client.index(uid).update_settings(index_settings(definition)))
@@ -170,17 +163,22 @@ class MeiliEngine:
             raise ServiceUnavailable(f"meilisearch lost index {uid!r} right after creating it")
         return info, created
 
-    async def _raw_index(self, uid: str) -> dict[str, Any] | None:
-        async with self._calling():
-            response = await self.client.http_client.get(f"indexes/{uid}")
-        if response.status_code == 404:
-            return None
-        if response.status_code >= 400:
+    async def _raw_index(self, uid: str) -> MeiliIndexInfo | None:
+        try:
+            index = await self._call(self.client.get_index(uid))
+        except MeilisearchApiError as exc:
+            if exc.status_code == 404:
+                return None
             raise ServiceUnavailable(
-                f"meilisearch at {self.url} answered {response.status_code} for index {uid}"
-            )
-        raw: dict[str, Any] = response.json()
-        return raw
+                f"meilisearch at {self.url} refused to show index {uid}: {exc.message}"
+            ) from None
+        never = datetime.fromtimestamp(0, UTC)
+        return MeiliIndexInfo(
+            uid=uid,
+            primary_key=index.primary_key,
+            created_at=index.created_at or never,
+            updated_at=index.updated_at or never,
+        )
 
     async def get_index(self, tenant: str, name: str) -> IndexInfo | None:
         uid = self.uid(tenant, name)
@@ -206,22 +204,14 @@ class MeiliEngine:
 
     async def _names(self, tenant: str) -> list[str]:
         """The tenant's index names: every uid with its prefix, paged through."""
-        mine = f"{self.uid(tenant, '')}"
+        mine = self.uid(tenant, "")
         names: list[str] = []
         offset = 0
         while True:
-            async with self._calling():
-                response = await self.client.http_client.get(
-                    "indexes", params={"offset": offset, "limit": 1000}
-                )
-            if response.status_code >= 400:
-                raise ServiceUnavailable(
-                    f"meilisearch at {self.url} answered {response.status_code} listing indexes"
-                )
-            page = response.json()
-            names += [r["uid"][len(mine) :] for r in page["results"] if r["uid"].startswith(mine)]
-            offset += len(page["results"])
-            if not page["results"] or offset >= page["total"]:
+            page = await self._call(self.client.get_raw_indexes(offset=offset, limit=_LIST_PAGE)) or []
+            names += [i.uid[len(mine) :] for i in page if i.uid.startswith(mine)]
+            offset += len(page)
+            if len(page) < _LIST_PAGE:
                 return names
 
     async def delete_index(self, tenant: str, name: str) -> bool:
@@ -350,24 +340,18 @@ def _flat(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _info(name: str, raw: dict[str, Any], settings: MeilisearchSettings) -> IndexInfo:
+def _info(name: str, raw: MeiliIndexInfo, settings: MeilisearchSettings) -> IndexInfo:
     searchable = [a for a in settings.searchable_attributes or [] if a != "*"]
     filterable = [a for a in settings.filterable_attributes or [] if isinstance(a, str)]
     return IndexInfo(
         name=name,
-        primary_key=raw.get("primaryKey") or "id",
+        primary_key=raw.primary_key or "id",
         searchable=searchable,
         filterable=sorted(filterable),
         sortable=sorted(settings.sortable_attributes or []),
-        created_at=_epoch(raw.get("createdAt")),
-        updated_at=_epoch(raw.get("updatedAt")),
+        created_at=raw.created_at.timestamp(),
+        updated_at=raw.updated_at.timestamp(),
     )
-
-
-def _epoch(stamp: Any) -> float:
-    if not isinstance(stamp, str):
-        return 0.0
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _task_info(index: str, info: TaskInfo, documents: int) -> Task:
