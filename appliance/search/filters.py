@@ -276,12 +276,23 @@ def sql_value(value: Scalar) -> Any:
     return value
 
 
-def to_sql(clause: Clause, doc_rowid: str, attrs_table: str, params: list[Any]) -> str:
-    """Compile ``clause`` to a SQL boolean expression over ``doc_rowid``; values go into ``params``."""
+def to_sql(
+    clause: Clause, doc_rowid: str, attrs_table: str, params: list[Any], correlated: bool = False
+) -> str:
+    """Compile ``clause`` to a SQL boolean expression over ``doc_rowid``; values go into ``params``.
+
+    ``correlated`` picks the form of each leaf: an ``EXISTS`` probe of the (doc, field, value) index
+    per candidate row (best when full-text matching already narrowed the candidates), or an ``IN``
+    over the rowids matching the leaf (best when the filter itself drives the query).
+    """
 
     def attr(condition: str, field: str, values: list[Any]) -> str:
         params.append(field)
         params.extend(values)
+        if correlated:
+            return (
+                f"EXISTS (SELECT 1 FROM {attrs_table} WHERE doc = {doc_rowid} AND field = ? AND {condition})"
+            )
         return f"{doc_rowid} IN (SELECT doc FROM {attrs_table} WHERE field = ? AND {condition})"
 
     return _sql(clause, attr)

@@ -57,7 +57,7 @@ BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
-MAX_EXACT_CHARS = 200  # longer fields are prose: an exact match of the whole of one is not a signal
+MAX_EXACT_CHARS = 100  # longer fields are prose: an exact match of the whole of one is not a signal
 EXACT_BONUS = 1000.0
 
 _MIGRATIONS = [
@@ -118,8 +118,9 @@ def match_expression(q: str) -> str:
 
 def exact_key(text: str) -> str:
     """A text's words, case- and accent-folded, space-separated: equal keys mean an exact match."""
-    folded = unicodedata.normalize("NFKD", text.casefold())
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    folded = text.casefold()
+    if not folded.isascii():
+        folded = "".join(c for c in unicodedata.normalize("NFKD", folded) if not unicodedata.combining(c))
     return " ".join(_WORDS.findall(folded))
 
 
@@ -201,7 +202,7 @@ class _Generation:
             " tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3')",
             f"CREATE TABLE {self.attrs} (field TEXT NOT NULL, value, doc INTEGER NOT NULL,"
             " PRIMARY KEY (field, value, doc)) WITHOUT ROWID",
-            f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc)",
+            f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc, field, value)",
         ]
         statements += [
             f"CREATE INDEX {self.docs}_{c} ON {self.docs} ({c})" for c in self.sort_column.values()
@@ -545,7 +546,11 @@ class _Plan:
         self.query = query
         self.match = match_expression(query.q)
         params: list[Any] = []
-        filter_sql = to_sql(query.filter, "d.rowid", generation.attrs, params) if query.filter else ""
+        filter_sql = ""
+        if query.filter:
+            filter_sql = to_sql(
+                query.filter, "d.rowid", generation.attrs, params, correlated=bool(self.match)
+            )
         self.filter_sql, self.filter_params = filter_sql, params
 
     def _from(self) -> tuple[str, list[Any]]:
@@ -606,16 +611,17 @@ class _Plan:
         g = self.g
         fields = list(self.query.facets)
         marks = ", ".join("?" for _ in fields)
-        params: list[Any] = []
-        scope = ""
-        if self.match or self.filter_sql:
-            source, params = self._from()
-            scope = f" AND doc IN (SELECT d.rowid {source})"
+        if not (self.match or self.filter_sql):
+            sql = f"SELECT field, value, count(*) AS n FROM {g.attrs} WHERE field IN ({marks}) GROUP BY field, value"
+            return sql, fields
+        # Walk the matching documents and probe their values (CROSS JOIN fixes that order), rather
+        # than scan every value of the field and test each for membership.
+        source, params = self._from()
         sql = (
-            f"SELECT field, value, count(*) AS n FROM {g.attrs} WHERE field IN ({marks}){scope}"
-            " GROUP BY field, value"
+            f"SELECT a.field AS field, a.value AS value, count(*) AS n FROM (SELECT d.rowid AS doc {source}) m"
+            f" CROSS JOIN {g.attrs} a ON a.doc = m.doc AND a.field IN ({marks}) GROUP BY a.field, a.value"
         )
-        return sql, [*fields, *params]
+        return sql, [*params, *fields]
 
     def hit(self, row: Row) -> dict[str, Any]:
         hit: dict[str, Any] = msgspec.json.decode(row["body"])
