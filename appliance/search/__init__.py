@@ -182,8 +182,10 @@ class SearchEngine(Protocol):
             Conflict: the primary key changes while the index holds documents.
         """
 
-    async def get_index(self, tenant: str, name: str) -> IndexInfo | None:
-        """The index with its document count, or ``None``."""
+    async def get_index(self, tenant: str, name: str, *, count: bool = True) -> IndexInfo | None:
+        """The index, with its document count unless ``count`` is false (the hot paths), or ``None``.
+
+        Without ``count`` an adapter may answer from a short-lived cache of the settings."""
 
     async def list_indexes(self, tenant: str, after: str, limit: int) -> list[IndexInfo]:
         """Up to ``limit`` indexes with names greater than ``after``, by name."""

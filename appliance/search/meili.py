@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+import msgspec
 from meilisearch_python_sdk import AsyncClient
 from meilisearch_python_sdk.errors import MeilisearchApiError, MeilisearchError, MeilisearchTimeoutError
 from meilisearch_python_sdk.models.index import IndexInfo as MeiliIndexInfo
@@ -57,6 +58,7 @@ _STATUS: dict[str, TaskStatus] = {
 }
 _CALL_TIMEOUT_S = 10
 _LIST_PAGE = 1000
+_SETTINGS_TTL_S = 5.0
 _NEGATION = re.compile(r"(?:^|(?<=\s))-+")
 
 
@@ -180,16 +182,23 @@ class MeiliEngine:
             updated_at=index.updated_at or never,
         )
 
-    async def get_index(self, tenant: str, name: str) -> IndexInfo | None:
+    async def get_index(self, tenant: str, name: str, *, count: bool = True) -> IndexInfo | None:
         uid = self.uid(tenant, name)
+        cached = self._definitions.get(uid)
+        if not count and cached is not None and cached[0] > time.monotonic():
+            return msgspec.structs.replace(cached[1])
         raw = await self._raw_index(uid)
         if raw is None:
+            self._definitions.pop(uid, None)
             return None
         index = self.client.index(uid)
-        settings = await self._call(index.get_settings())
-        stats = await self._call(index.get_stats())
-        info = _info(name, raw, settings)
-        info.documents = stats.number_of_documents
+        info = _info(name, raw, await self._call(index.get_settings()))
+        # Another node may change the settings: the cache only spares the hot paths a few round trips.
+        self._definitions[uid] = (time.monotonic() + _SETTINGS_TTL_S, info)
+        if count:
+            info = msgspec.structs.replace(
+                info, documents=(await self._call(index.get_stats())).number_of_documents
+            )
         return info
 
     async def list_indexes(self, tenant: str, after: str, limit: int) -> list[IndexInfo]:

@@ -50,8 +50,8 @@ class SearchService:
             )
         return await self.engine.put_index(tenant, name, definition)
 
-    async def get_index(self, tenant: str, name: str) -> IndexInfo:
-        index = await self.engine.get_index(tenant, name)
+    async def get_index(self, tenant: str, name: str, *, count: bool = True) -> IndexInfo:
+        index = await self.engine.get_index(tenant, name, count=count)
         if index is None:
             raise NotFound(f"index {name!r} does not exist: create it with PUT /v1/indexes/{name}")
         return index
@@ -69,13 +69,13 @@ class SearchService:
 
     async def add_documents(self, tenant: str, name: str, documents: list[Any], wait: bool = False) -> Task:
         """Queue documents for indexing; with ``wait``, return once they are searchable (or failed)."""
-        index = await self.get_index(tenant, name)
+        index = await self.get_index(tenant, name, count=False)
         _check_documents(documents, index.primary_key)
         task = await self.engine.upsert(tenant, index, documents)
         return await self._settle(tenant, name, task, wait)
 
     async def delete_document(self, tenant: str, name: str, doc_id: str, wait: bool = False) -> Task:
-        index = await self.get_index(tenant, name)
+        index = await self.get_index(tenant, name, count=False)
         if not _DOC_ID.match(doc_id):
             raise Unprocessable("a document id is 1-511 letters, digits, '_' or '-'")
         task = await self.engine.delete_document(tenant, index, doc_id)
@@ -88,7 +88,7 @@ class SearchService:
         return task
 
     async def search(self, tenant: str, name: str, request: SearchRequest) -> SearchResult:
-        index = await self.get_index(tenant, name)
+        index = await self.get_index(tenant, name, count=False)
         return await self.engine.search(tenant, index, compile_query(request, index))
 
     async def _settle(self, tenant: str, name: str, task: Task, wait: bool) -> Task:
