@@ -249,8 +249,10 @@ class SqliteFtsEngine:
     backend = "sqlite-fts5"
     mode: Literal["embedded", "server"] = "embedded"
 
-    def __init__(self, path: Path | str, readers: int = 2) -> None:
+    def __init__(self, path: Path | str, readers: int = 2, worker: bool = True) -> None:
+        """``worker=False`` runs no background indexer: the caller applies tasks with :meth:`drain`."""
         self.db = Database(path, readers=readers)
+        self._run_worker = worker
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._worker: asyncio.Task[None] | None = None
@@ -264,8 +266,8 @@ class SqliteFtsEngine:
         await self.db.execute(
             "UPDATE tasks SET status = 'enqueued', started_at = NULL WHERE status = 'processing'"
         )
-        self._worker = asyncio.create_task(self._work(), name="search-indexer")
-        self._wake.set()
+        if self._run_worker:
+            self._worker = asyncio.create_task(self._work(), name="search-indexer")
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -289,7 +291,7 @@ class SqliteFtsEngine:
                 detail=f"search.db is not usable: {exc}; check the data dir's permissions and free space",
             )
         assert row is not None
-        alive = self._worker is not None and not self._worker.done()
+        alive = not self._run_worker or (self._worker is not None and not self._worker.done())
         return BackendStatus(
             name="search",
             backend=self.backend,
@@ -459,8 +461,10 @@ class SqliteFtsEngine:
         try:
             async with self.db.transaction() as tx:
                 count = await self._apply(tx, tenant, index, BATCH_TASKS)
-        except sqlite3.Error:
-            # One bad task must not sink the batch: apply them one at a time, failing the bad one.
+        except Exception:
+            # One bad task must not sink the batch (nor block the queue): apply the head task alone,
+            # and if it fails, record why and move on.
+            log.warning("search: a batch of %s/%s failed; retrying its first task alone", tenant, index)
             async with self.db.transaction() as tx:
                 count = await self._apply(tx, tenant, index, 1, fail_on_error=True)
         await self._notify()
@@ -488,12 +492,9 @@ class SqliteFtsEngine:
         if generation is None:
             error = "the index was deleted"
         else:
-            try:
+            error = await self._apply_guarded(tx, generation, batch) if fail_on_error else None
+            if not fail_on_error:
                 await _apply_tasks(tx, generation, batch)
-            except sqlite3.Error as exc:
-                if not fail_on_error:
-                    raise
-                error = f"indexing failed: {exc}"
         marks = ", ".join("?" for _ in seqs)
         await tx.execute(
             f"UPDATE tasks SET status = ?, error = ?, payload = NULL, started_at = ?, finished_at = ?"
@@ -501,6 +502,18 @@ class SqliteFtsEngine:
             ("failed" if error else "succeeded", error, started, time.time(), *seqs),
         )
         return len(seqs)
+
+    async def _apply_guarded(self, tx: Tx, generation: _Generation, batch: list[Row]) -> str | None:
+        """Apply inside a savepoint: on failure undo the partial writes and return the reason."""
+        await tx.execute("SAVEPOINT apply_task")
+        try:
+            await _apply_tasks(tx, generation, batch)
+        except Exception as exc:
+            await tx.execute("ROLLBACK TO apply_task")
+            await tx.execute("RELEASE apply_task")
+            return f"indexing failed: {type(exc).__name__}: {exc}"
+        await tx.execute("RELEASE apply_task")
+        return None
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -662,6 +675,8 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
                 latest[doc_id] = None
         else:
             for doc in _DOCS_DECODER.decode(task["payload"]):
+                if pk not in doc:  # queued before the primary key changed
+                    raise ValueError(f"a document has no {pk!r}, the index's primary key")
                 doc_id = str(doc[pk])
                 latest.pop(doc_id, None)  # re-inserting keeps the dict in last-write order
                 latest[doc_id] = doc

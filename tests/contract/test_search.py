@@ -391,3 +391,69 @@ async def test_tenants_never_see_each_other(movies: SearchService) -> None:
     await movies.engine.purge_tenant("globex")
     assert await movies.engine.get_index("globex", "movies") is None
     assert ids(await find(movies, q="dune", limit=1)) == ["m1"]
+
+
+# --- the FTS5 adapter's queue, driven in burst mode ----------------------------------------------
+
+
+@pytest.fixture
+async def burst(tmp_path: Path) -> AsyncIterator[tuple[SqliteFtsEngine, SearchService]]:
+    engine = SqliteFtsEngine(tmp_path / "search.db", worker=False)
+    await engine.start()
+    try:
+        yield engine, SearchService(engine)
+    finally:
+        await engine.close()
+
+
+async def test_sqlite_fts_batches_queued_tasks_in_order(burst: tuple[SqliteFtsEngine, SearchService]) -> None:
+    engine, search = burst
+    await search.put_index("acme", "notes", IndexDefinition(searchable=["text"]))
+    first = await search.add_documents(
+        "acme", "notes", [{"id": "n1", "text": "first draft"}, {"id": "n2", "text": "keep"}]
+    )
+    gone = await search.delete_document("acme", "notes", "n1")
+    again = await search.add_documents("acme", "notes", [{"id": "n1", "text": "final version"}])
+    assert (await search.task("acme", "notes", first.task_id)).status == "enqueued"
+    assert await engine.drain() == 3  # one transaction
+    assert await engine.drain() == 0
+    for task in (first, gone, again):
+        assert (await search.task("acme", "notes", task.task_id)).status == "succeeded"
+    assert ids_of(await search.search("acme", "notes", SearchRequest(q="final"))) == ["n1"]
+    assert ids_of(await search.search("acme", "notes", SearchRequest(q="draft"))) == []
+
+
+async def test_sqlite_fts_a_bad_task_fails_alone(burst: tuple[SqliteFtsEngine, SearchService]) -> None:
+    engine, search = burst
+    await search.put_index("acme", "notes", IndexDefinition(searchable=["text"]))
+    stale = await search.add_documents("acme", "notes", [{"id": "n1", "text": "keyed by id"}])
+    await search.put_index("acme", "notes", IndexDefinition(searchable=["text"], primary_key="slug"))
+    fresh = await search.add_documents("acme", "notes", [{"slug": "s1", "text": "keyed by slug"}])
+    assert await engine.drain() == 1
+    failed = await search.task("acme", "notes", stale.task_id)
+    assert failed.status == "failed" and "'id'" not in (failed.error or "") and "slug" in (failed.error or "")
+    assert await engine.drain() == 1
+    assert (await search.task("acme", "notes", fresh.task_id)).status == "succeeded"
+    hits = (await search.search("acme", "notes", SearchRequest(q="keyed"))).hits
+    assert [hit["slug"] for hit in hits] == ["s1"]
+
+
+async def test_sqlite_fts_queued_tasks_survive_a_restart(tmp_path: Path) -> None:
+    idle = SqliteFtsEngine(tmp_path / "search.db", worker=False)
+    await idle.start()
+    await SearchService(idle).put_index("acme", "notes", IndexDefinition(searchable=["text"]))
+    task = await SearchService(idle).add_documents("acme", "notes", [{"id": "n1", "text": "persisted"}])
+    await idle.close()
+    engine = SqliteFtsEngine(tmp_path / "search.db")
+    await engine.start()
+    try:
+        done = await engine.wait("acme", "notes", task.task_id, 10)
+        assert done is not None and done.status == "succeeded"
+        hits = await SearchService(engine).search("acme", "notes", SearchRequest(q="persisted"))
+        assert ids_of(hits) == ["n1"]
+    finally:
+        await engine.close()
+
+
+def ids_of(result: SearchResult) -> list[Any]:
+    return [hit["id"] for hit in result.hits]
