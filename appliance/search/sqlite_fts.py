@@ -55,6 +55,7 @@ MAX_QUERY_WORDS = 32
 MAX_FACET_VALUES = 100
 BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
+_REGISTRY_TTL_S = 2.0
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_EXACT_CHARS = 100  # longer fields are prose: an exact match of the whole of one is not a signal
@@ -253,6 +254,9 @@ class SqliteFtsEngine:
         """``worker=False`` runs no background indexer: the caller applies tasks with :meth:`drain`."""
         self.db = Database(path, readers=readers)
         self._run_worker = worker
+        # (tenant, index) -> (expires, generation, definition): spares searches a registry read. A
+        # stale entry is harmless: its tables are gone, the search notices and looks again.
+        self._registry: dict[tuple[str, str], tuple[float, int, IndexInfo]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._worker: asyncio.Task[None] | None = None
@@ -305,6 +309,7 @@ class SqliteFtsEngine:
 
     async def put_index(self, tenant: str, name: str, definition: IndexDefinition) -> tuple[IndexInfo, bool]:
         now = time.time()
+        self._forget(tenant, name)
         async with self.db.transaction() as tx:
             row = await tx.fetchone(
                 "SELECT generation, definition, created_at, updated_at FROM indexes"
@@ -341,15 +346,20 @@ class SqliteFtsEngine:
         return generation
 
     async def get_index(self, tenant: str, name: str, *, count: bool = True) -> IndexInfo | None:
-        row = await self.db.fetchone("SELECT * FROM indexes WHERE tenant_id = ? AND name = ?", (tenant, name))
-        if row is None:
-            return None
-        info = _row_info(row)
         if not count:
-            return info
-        rows = await self._read(f"SELECT count(*) AS n FROM ix{int(row['generation'])}_docs", ())
-        info.documents = int(rows[0]["n"]) if rows else 0
-        return info
+            found = await self._lookup(tenant, name)
+            return msgspec.structs.replace(found[1]) if found else None
+        for _ in range(2):
+            self._forget(tenant, name)
+            found = await self._lookup(tenant, name)
+            if found is None:
+                return None
+            try:
+                rows = await self._read(f"SELECT count(*) AS n FROM ix{found[0]}_docs", ())
+            except _Reindexed:
+                continue
+            return msgspec.structs.replace(found[1], documents=int(rows[0]["n"]))
+        raise ServiceUnavailable("the index is being re-indexed: retry")
 
     async def list_indexes(self, tenant: str, after: str, limit: int) -> list[IndexInfo]:
         rows = await self.db.fetchall(
@@ -366,6 +376,7 @@ class SqliteFtsEngine:
         return deleted
 
     async def _drop_index(self, tx: Tx, tenant: str, name: str) -> bool:
+        self._forget(tenant, name)
         row = await tx.fetchone(
             "SELECT generation, definition FROM indexes WHERE tenant_id = ? AND name = ?", (tenant, name)
         )
@@ -519,20 +530,18 @@ class SqliteFtsEngine:
 
     async def search(self, tenant: str, index: IndexInfo, query: SearchQuery) -> SearchResult:
         started = time.perf_counter()
-        row = await self.db.fetchone(
-            "SELECT generation, definition FROM indexes WHERE tenant_id = ? AND name = ?",
-            (tenant, index.name),
-        )
-        if row is None:
-            raise NotFound(f"index {index.name!r} does not exist")
-        generation = _Generation(row["generation"], _DEF_DECODER.decode(row["definition"]))
-        plan = _Plan(generation, query)
-        hits = await self._read(*plan.hits())
-        total = await self._read(*plan.count())
+        try:
+            plan, (hits, total, facet_rows) = await self._run(tenant, index.name, query)
+        except _Reindexed:
+            # The settings changed (a new generation) since the cached lookup: look again, once.
+            self._forget(tenant, index.name)
+            try:
+                plan, (hits, total, facet_rows) = await self._run(tenant, index.name, query)
+            except _Reindexed:
+                raise ServiceUnavailable("the index was re-indexed during the search: retry") from None
         facets: dict[str, dict[str, int]] = {f: {} for f in query.facets}
-        if query.facets and (query.limit == 0 or hits or query.offset):
-            for facet in await self._read(*plan.facets()):
-                facets[facet["field"]][_facet_key(facet["value"])] = facet["n"]
+        for facet in facet_rows:
+            facets[facet["field"]][_facet_key(facet["value"])] = facet["n"]
         return SearchResult(
             hits=[plan.hit(h) for h in hits],
             total=int(total[0]["n"]),
@@ -540,14 +549,45 @@ class SqliteFtsEngine:
             took_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
+    async def _run(self, tenant: str, name: str, query: SearchQuery) -> tuple[_Plan, tuple[list[Row], ...]]:
+        found = await self._lookup(tenant, name)
+        if found is None:
+            raise NotFound(f"index {name!r} does not exist")
+        plan = _Plan(_Generation(found[0], found[1].definition), query)
+        if any(key.field not in plan.g.sort_column for key in query.sort):
+            raise _Reindexed
+        # Hits, exact count and facets are independent reads: run them side by side on the readers.
+        statements = [plan.hits(), plan.count(), *([plan.facets()] if query.facets else [])]
+        results = await asyncio.gather(*(self._read(*s) for s in statements))
+        return plan, (results[0], results[1], results[2] if query.facets else [])
+
+    async def _lookup(self, tenant: str, name: str) -> tuple[int, IndexInfo] | None:
+        """(generation, index) from a cache that lives a couple of seconds, else the registry."""
+        cached = self._registry.get((tenant, name))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1], cached[2]
+        row = await self.db.fetchone("SELECT * FROM indexes WHERE tenant_id = ? AND name = ?", (tenant, name))
+        if row is None:
+            self._forget(tenant, name)
+            return None
+        info = _row_info(row)
+        self._registry[(tenant, name)] = (time.monotonic() + _REGISTRY_TTL_S, int(row["generation"]), info)
+        return int(row["generation"]), info
+
+    def _forget(self, tenant: str, name: str) -> None:
+        self._registry.pop((tenant, name), None)
+
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Row]:
         try:
             return await self.db.fetchall(sql, params)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
-                # The index's settings changed (a new generation) between lookup and query.
-                raise ServiceUnavailable("the index was re-indexed during the search: retry") from None
+                raise _Reindexed from None
             raise
+
+
+class _Reindexed(Exception):
+    """The generation a search planned against was replaced by a settings change."""
 
 
 def _top(counts: dict[str, int]) -> dict[str, int]:
