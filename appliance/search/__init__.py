@@ -6,8 +6,9 @@ another through ``APPLIANCE_BACKENDS=search=<name>``. Both built-in adapters pas
 suite (tests/contract/test_search.py); the service on top (:mod:`appliance.search.service`) validates
 every request the same way whichever adapter answers it.
 
-Other capabilities index their own records through the ``search`` service
-(``ctx.service("search", SearchService)``), e.g. ``await search.add_documents(tenant, "objects", docs)``.
+Other capabilities and plugins index their own records through the ``search`` service: ``ctx.service(
+"search", SearchService).indexer(name, definition)`` returns an ``Indexer`` that creates the index in
+each tenant on first use and upserts or deletes records (see :class:`appliance.search.service.Indexer`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from appliance.search import (
 )
 from appliance.search.filters import Bool, FilterError, fields_of, parse_filter
 
-__all__ = ["MAX_DOCUMENTS", "WAIT_TIMEOUT_S", "SearchService"]
+__all__ = ["MAX_DOCUMENTS", "WAIT_TIMEOUT_S", "Indexer", "SearchService"]
 
 MAX_DOCUMENTS = 100_000
 WAIT_TIMEOUT_S = 30.0
@@ -91,10 +91,48 @@ class SearchService:
         index = await self.get_index(tenant, name, count=False)
         return await self.engine.search(tenant, index, compile_query(request, index))
 
+    def indexer(self, index: str, definition: IndexDefinition) -> Indexer:
+        """An :class:`Indexer` that keeps ``index`` (created on first use in each tenant) current."""
+        return Indexer(self, index, definition)
+
     async def _settle(self, tenant: str, name: str, task: Task, wait: bool) -> Task:
         if not wait:
             return task
         return await self.engine.wait(tenant, name, task.task_id, self.wait_timeout) or task
+
+
+class Indexer:
+    """How another capability or a plugin indexes its own records, e.g. storage's object metadata::
+
+        objects = ctx.service("search", SearchService).indexer(
+            "objects", IndexDefinition(searchable=["key", "title"], filterable=["bucket", "content_type"])
+        )
+        await objects.upsert(tenant, [{"id": object_id, "key": key, "bucket": bucket, ...}])
+        await objects.delete(tenant, object_id)
+
+    The index is created (or its settings brought in line) the first time this process writes to it
+    for a tenant; the records then show up in ``POST /v1/indexes/objects/search`` like any others.
+    """
+
+    def __init__(self, service: SearchService, index: str, definition: IndexDefinition) -> None:
+        self.service = service
+        self.index = index
+        self.definition = definition
+        self._ready: set[str] = set()
+
+    async def _ensure(self, tenant: str) -> None:
+        if tenant not in self._ready:
+            await self.service.put_index(tenant, self.index, self.definition)
+            self._ready.add(tenant)
+
+    async def upsert(self, tenant: str, documents: list[Any], wait: bool = False) -> Task:
+        """Add or replace records (validated like the HTTP API's documents)."""
+        await self._ensure(tenant)
+        return await self.service.add_documents(tenant, self.index, documents, wait)
+
+    async def delete(self, tenant: str, doc_id: str, wait: bool = False) -> Task:
+        await self._ensure(tenant)
+        return await self.service.delete_document(tenant, self.index, doc_id, wait)
 
 
 def compile_query(request: SearchRequest, index: IndexInfo) -> SearchQuery:

@@ -375,6 +375,19 @@ async def test_operator_words_are_plain_words(movies: SearchService) -> None:
         assert ids(await find(movies, q=q)) == ["m9"], q
 
 
+async def test_an_indexer_creates_its_index_per_tenant(search: SearchService) -> None:
+    objects = search.indexer("objects", IndexDefinition(searchable=["key"], filterable=["bucket"]))
+    await objects.upsert("acme", [{"id": "o1", "key": "reports/q1.pdf", "bucket": "docs"}], wait=True)
+    await objects.upsert("globex", [{"id": "o1", "key": "photos/cat.jpg", "bucket": "pics"}], wait=True)
+    found = await search.search(
+        "acme", "objects", SearchRequest(q="reports", filter={"term": {"bucket": "docs"}})
+    )
+    assert ids(found) == ["o1"]
+    assert ids(await search.search("globex", "objects", SearchRequest(q="reports"))) == []
+    await objects.delete("acme", "o1", wait=True)
+    assert ids(await search.search("acme", "objects", SearchRequest(q="reports"))) == []
+
+
 # --- tenants -------------------------------------------------------------------------------------
 
 
