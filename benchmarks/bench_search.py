@@ -289,7 +289,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=40_000)
     parser.add_argument("--vocabulary", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--full", action="store_true", help="issue 6's sizes: 100,000 docs, 1,000 queries (minutes)")
+    parser.add_argument(
+        "--full", action="store_true", help="issue 6's sizes: 100,000 docs, 1,000 queries (minutes)"
+    )
     args = parser.parse_args()
     if args.full:
         args.docs, args.queries = 100_000, 1_000

@@ -254,8 +254,8 @@ class SqliteFtsEngine:
         """``worker=False`` runs no background indexer: the caller applies tasks with :meth:`drain`."""
         self.db = Database(path, readers=readers)
         self._run_worker = worker
-        # (tenant, index) -> (expires, generation, definition): spares searches a registry read. A
-        # stale entry is harmless: its tables are gone, the search notices and looks again.
+        # (tenant, index) -> (expires, generation, index): spares searches a registry read. An entry
+        # made stale by another process is harmless: its tables are gone, the search looks again.
         self._registry: dict[tuple[str, str], tuple[float, int, IndexInfo]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -266,10 +266,8 @@ class SqliteFtsEngine:
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate(_MIGRATIONS)
-        # A task "processing" when a process died was rolled back with it: queue it again.
-        await self.db.execute(
-            "UPDATE tasks SET status = 'enqueued', started_at = NULL WHERE status = 'processing'"
-        )
+        # A batch is applied and marked done in one transaction: after a crash its tasks are still
+        # "enqueued", and the worker picks them up again here.
         if self._run_worker:
             self._worker = asyncio.create_task(self._work(), name="search-indexer")
 
@@ -308,8 +306,13 @@ class SqliteFtsEngine:
     # --- indexes --------------------------------------------------------------------------------
 
     async def put_index(self, tenant: str, name: str, definition: IndexDefinition) -> tuple[IndexInfo, bool]:
+        try:
+            return await self._put_index(tenant, name, definition)
+        finally:
+            self._forget(tenant, name)  # after the commit, so no search re-caches the old settings
+
+    async def _put_index(self, tenant: str, name: str, definition: IndexDefinition) -> tuple[IndexInfo, bool]:
         now = time.time()
-        self._forget(tenant, name)
         async with self.db.transaction() as tx:
             row = await tx.fetchone(
                 "SELECT generation, definition, created_at, updated_at FROM indexes"
@@ -376,7 +379,7 @@ class SqliteFtsEngine:
         return deleted
 
     async def _drop_index(self, tx: Tx, tenant: str, name: str) -> bool:
-        self._forget(tenant, name)
+        tx.after_commit(lambda: self._forget(tenant, name))
         row = await tx.fetchone(
             "SELECT generation, definition FROM indexes WHERE tenant_id = ? AND name = ?", (tenant, name)
         )
