@@ -127,8 +127,10 @@ class MeiliEngine:
         """Map transport failures (the SDK wraps them in ``MeilisearchError``) to a 503 naming Meilisearch."""
         try:
             yield
-        except MeilisearchApiError:
+        except (MeilisearchApiError, _StillRunning):
             raise
+        except MeilisearchTimeoutError as exc:
+            raise ServiceUnavailable(f"meilisearch at {self.url} did not finish in time: {exc}") from None
         except (MeilisearchError, OSError) as exc:
             raise ServiceUnavailable(f"meilisearch at {self.url} is unavailable: {exc}") from None
 
@@ -266,12 +268,19 @@ class MeiliEngine:
         if task is None or task.finished:
             return task
         try:
-            result = await self._call(
-                self.client.wait_for_task(int(task_id), timeout_in_ms=int(timeout * 1000), interval_in_ms=20)
-            )
-        except MeilisearchTimeoutError:
+            result = await self._call(self._wait_quietly(int(task_id), timeout))
+        except _StillRunning:
             return await self.task(tenant, index, task_id)
         return _task_result(index, result)
+
+    async def _wait_quietly(self, task_uid: int, timeout: float) -> TaskResult:
+        """``wait_for_task``, where running out of time is an answer (still running), not an outage."""
+        try:
+            return await self.client.wait_for_task(
+                task_uid, timeout_in_ms=int(timeout * 1000), interval_in_ms=20
+            )
+        except MeilisearchTimeoutError:
+            raise _StillRunning from None
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -314,6 +323,10 @@ class MeiliEngine:
             facets={f: dict((counts.facet_distribution or {}).get(f, {})) for f in query.facets},
             took_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+
+class _StillRunning(Exception):
+    """A task did not finish within the wait."""
 
 
 def literal_query(q: str) -> str:

@@ -44,6 +44,7 @@ from appliance.search import (
     SearchQuery,
     SearchResult,
     Task,
+    TaskKind,
 )
 from appliance.search.filters import sql_value, to_sql
 
@@ -412,7 +413,7 @@ class SqliteFtsEngine:
     async def delete_document(self, tenant: str, index: IndexInfo, doc_id: str) -> Task:
         return await self._enqueue(tenant, index.name, "documents.delete", 1, msgspec.json.encode([doc_id]))
 
-    async def _enqueue(self, tenant: str, index: str, kind: Any, count: int, payload: bytes) -> Task:
+    async def _enqueue(self, tenant: str, index: str, kind: TaskKind, count: int, payload: bytes) -> Task:
         task = Task(
             task_id=new_id("task"),
             index=index,

@@ -289,6 +289,14 @@ async def test_documents_and_tasks(fake: FakeMeili, engine: MeiliEngine) -> None
     assert (await engine.get_index("acme", "movies")).documents == 1  # type: ignore[union-attr]
 
 
+async def test_a_wait_that_runs_out_returns_the_running_task(fake: FakeMeili, engine: MeiliEngine) -> None:
+    info, _ = await engine.put_index("acme", "movies", DEFINITION)
+    fake.polls_before_done = 10**6
+    task = await engine.upsert("acme", info, [{"id": "m1"}])
+    still = await engine.wait("acme", "movies", task.task_id, timeout=0.2)
+    assert still is not None and still.status == "processing" and still.finished_at is None
+
+
 async def test_a_failed_task_carries_meilisearch_error(fake: FakeMeili, engine: MeiliEngine) -> None:
     info, _ = await engine.put_index("acme", "movies", DEFINITION)
     fake.fail_next_task = {"message": "Document identifier `\"a b\"` is invalid.", "code": "invalid_document_id",
