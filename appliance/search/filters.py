@@ -176,7 +176,11 @@ def _single(body: Any, path: str) -> tuple[str, Any]:
 
 
 def _scalar(value: Any, path: str) -> Scalar:
-    if isinstance(value, bool | int | str):
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise FilterError(f"{path}: integers are limited to 64 bits")
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
@@ -270,9 +274,12 @@ AttrMatch = Callable[[str, str, list[Any]], str]
 
 
 def sql_value(value: Scalar) -> Any:
-    """How a filter value is stored in (and compared against) the SQLite attribute table."""
+    """How a value is stored in (and compared against) SQLite: booleans as text, as Meilisearch
+    shows them in facets; integers past 64 bits (which SQLite cannot hold) as floats."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return float(value)
     return value
 
 

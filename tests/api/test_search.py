@@ -128,6 +128,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/v1/indexes/catalog/search", {"sort": ["year:up"]}, 422, "sort"),
     ("POST", "/v1/indexes/catalog/search", {"filter": {"match": {"title": "x"}}}, 422, "match"),
     ("POST", "/v1/indexes/catalog/search", {"filter": {"range": {"year": {"gte": "x"}}}}, 422, "year"),
+    ("POST", "/v1/indexes/catalog/search", {"filter": {"term": {"year": 10**20}}}, 422, "64 bits"),
     ("POST", "/v1/indexes/catalog/search", {"limit": 1001}, 422, "limit"),
     ("POST", "/v1/indexes/catalog/search", {"offset": -1}, 422, "offset"),
     ("POST", "/v1/indexes/catalog/search", {"q": "x", "unknown": 1}, 422, "unknown"),

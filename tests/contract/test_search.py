@@ -152,6 +152,17 @@ async def test_bad_documents_are_rejected_before_queueing(search: SearchService,
         await search.add_documents("acme", "notes", docs)
 
 
+async def test_huge_numbers_are_indexed(search: SearchService) -> None:
+    definition = IndexDefinition(searchable=["title"], filterable=["big"], sortable=["big"])
+    await search.put_index("acme", "numbers", definition)
+    docs = [{"id": "n1", "title": "huge", "big": 10**20}, {"id": "n2", "title": "small", "big": 1}]
+    assert (await search.add_documents("acme", "numbers", docs, wait=True)).status == "succeeded"
+    found = await search.search(
+        "acme", "numbers", SearchRequest(filter={"range": {"big": {"gt": 1e19}}}, sort=["big:desc"])
+    )
+    assert [hit["id"] for hit in found.hits] == ["n1"] and found.hits[0]["big"] == 10**20
+
+
 async def test_settings_change_reindexes_stored_documents(movies: SearchService) -> None:
     with pytest.raises(Unprocessable, match="overview"):
         await find(movies, facets=["overview"])
@@ -339,6 +350,7 @@ async def test_undeclared_fields_are_422_naming_them(
         {"bool": {"must": [{"bool": {}}]}},
         {"bool": {"should": [{"term": {"genres": "a"}}], "minimum_should_match": 2}},
         {"term": {"bad field": "a"}},
+        {"term": {"year": 10**20}},
         {"term": {"a": "b", "c": "d"}},
         "genres = scifi",
         [],
