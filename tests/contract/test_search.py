@@ -9,6 +9,7 @@ validation is part of the contract too.
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -372,6 +373,16 @@ HOSTILE = [
 async def test_hostile_queries_are_searched_literally(movies: SearchService, q: str) -> None:
     result = await find(movies, q=q)
     assert result.total == len(result.hits)
+
+
+async def test_random_hostile_text_never_fails(movies: SearchService) -> None:
+    words = ["AND", "OR", "NOT", "NEAR", "dune", "é", "💥", "ß", "İ"]
+    alphabet = [*"\"'()*:^-+{}[]~<>;,.!?/\\|&%$#@ \t\n\x00", *words]
+    rng = random.Random(1234)
+    for _ in range(200):
+        q = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        result = await find(movies, q=q, highlight=True)
+        assert result.total == len(result.hits), q
 
 
 @pytest.mark.parametrize("q", ["(dune", "dune)", '"dune', 'dune"', "-dune", "dune*", "^dune", "dun*"])
