@@ -32,6 +32,7 @@ from appliance.core.ratelimit import rate_limit_middlewares
 from appliance.events import install as install_events
 from appliance.jobs import install as install_jobs
 from appliance.payments import install as install_payments
+from appliance.search import install as install_search
 from appliance.storage import install as install_storage
 
 __all__ = ["assemble", "create_app"]
@@ -44,6 +45,7 @@ CAPABILITIES: list[Installer] = [
     install_jobs,
     install_events,
     install_storage,
+    install_search,
     install_payments,
     ops.install,
 ]

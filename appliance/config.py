@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     s3_bucket_prefix: str = "appliance"
     meili_url: str = ""
     meili_key: str = ""
+    meili_index_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,40}$")] = "appliance"
     smtp_url: str = ""
     mail_from: str = "appliance@localhost"
     stripe_key: str = ""
@@ -131,6 +132,7 @@ _DOCS: dict[str, str] = {
     "s3_bucket_prefix": "The physical bucket the appliance keeps objects in (created if missing), one `<tenant>/` prefix per tenant.",
     "meili_url": "Meilisearch URL; full-text search moves there when set.",
     "meili_key": "Meilisearch API key.",
+    "meili_index_prefix": "Prefix of the Meilisearch index uids (`<prefix>_<tenant>_<index>`), e.g. one per environment.",
     "smtp_url": "`smtp://user:pass@host:port[?starttls=true]` or `smtps://...`; capture mode when unset.",
     "mail_from": "Default sender address.",
     "stripe_key": "Stripe secret key; payments answer 503 until set.",
