@@ -28,13 +28,14 @@ from appliance.core.deps import DEPENDENCIES
 from appliance.core.errors import exception_handlers
 from appliance.core.http_log import RequestLogMiddleware
 from appliance.core.ratelimit import rate_limit_middlewares
+from appliance.realtime import install as install_realtime
 
 __all__ = ["assemble", "create_app"]
 
 Installer = Callable[[Context], list[ControllerRouterHandler]]
 
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
-CAPABILITIES: list[Installer] = [core_api.install]
+CAPABILITIES: list[Installer] = [core_api.install, install_realtime]
 
 _AUTH_EXCLUDE = ["^/schema"]
 

@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit_per_ip: Rate | None = "2000/second"
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
     worker: bool = True
+    realtime_heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    realtime_idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    realtime_send_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
 
     @property
     def data_path(self) -> Path:
@@ -119,6 +122,9 @@ _DOCS: dict[str, str] = {
     "rate_limit_per_ip": "Requests allowed per client address, same format.",
     "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
+    "realtime_heartbeat_s": "Seconds between realtime heartbeats: quiet WebSockets get a `ping` frame, registry entries are refreshed.",
+    "realtime_idle_timeout_s": "A WebSocket that sends nothing for this long is closed (code 4408).",
+    "realtime_send_queue": "Frames queued per WebSocket; a client that falls this far behind is dropped (code 4008).",
 }
 
 

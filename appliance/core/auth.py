@@ -13,7 +13,7 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, WebSocketException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import Guard
@@ -53,6 +53,9 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
                 principal = await verify(connection.query_params["token"])
                 if principal is not None:
                     break
+        if principal is None and connection.scope["type"] == ScopeType.WEBSOCKET:
+            # Close the handshake with 4401 (a plain HTTP error would surface as a generic 4500).
+            raise WebSocketException(detail="missing, invalid or expired key or token", code=4401)
         if principal is None:
             raise NotAuthorizedException(
                 "missing, invalid or revoked API key: send 'Authorization: Bearer <key>'",
