@@ -325,7 +325,8 @@ class Hub:
             await self.registry.add(record)
         except (RedisError, OSError) as exc:
             conn.kick(CloseCode.INTERNAL, f"connection registry unavailable: {exc}"[:120])
-        conn.offer(_frame(None, "welcome", {"connection_id": record.id, "user_id": user_id, "tags": tags}))
+        welcome = {"connection_id": record.id, "tenant": tenant, "user_id": user_id, "tags": tags}
+        conn.offer(_frame(None, "welcome", welcome))
         tasks = [asyncio.create_task(conn.send_loop()), asyncio.create_task(self._read_loop(conn))]
         try:
             waiters: list[asyncio.Future[Any]] = [*tasks, conn.closing]
