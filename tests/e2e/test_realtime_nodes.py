@@ -1,0 +1,176 @@
+"""Realtime with real servers: two appliance processes sharing one Redis, and a slow consumer.
+
+Clients are the ``websockets`` library over real TCP, so close codes, back-pressure and the
+cross-node fan-out are the ones a production client sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import ROOT, ROOT_KEY
+from tests.peers import RedisPeer
+from tests.process import ApplianceProcess, run_appliance
+
+WAIT = 10.0
+BASE_ENV = {
+    "APPLIANCE_ROOT_KEY": ROOT_KEY,
+    "APPLIANCE_RATE_LIMIT_PER_KEY": "",
+    "APPLIANCE_RATE_LIMIT_PER_IP": "",
+    "APPLIANCE_WORKER": "false",
+}
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, redis_peer: RedisPeer) -> Iterator[tuple[ApplianceProcess, ApplianceProcess]]:
+    """Nodes A and B: the same data dir (so the same DB and token secret) and the same Redis."""
+    url = f"redis://{redis_peer.host}:{redis_peer.port}/6"
+    redis.Redis.from_url(url).flushdb()
+    env = {**BASE_ENV, "APPLIANCE_REDIS_URL": url, "APPLIANCE_REALTIME_HEARTBEAT_S": "1"}
+    with run_appliance(tmp_path / "data", env) as node_a, run_appliance(tmp_path / "data", env) as node_b:
+        yield node_a, node_b
+
+
+@asynccontextmanager
+async def socket(
+    node: ApplianceProcess, headers: dict[str, str] | None = None, query: str = "", **options: Any
+) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    """A WebSocket to ``node`` and its welcome frame."""
+    url = node.url.replace("http://", "ws://") + "/v1/ws" + query
+    async with connect(url, additional_headers=headers or {}, open_timeout=WAIT, **options) as ws:
+        welcome = await receive(ws)
+        assert welcome["event"] == "welcome"
+        yield ws, welcome
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+    return frame
+
+
+async def subscribe(ws: ClientConnection, channel: str) -> None:
+    await ws.send(json.dumps({"op": "subscribe", "channel": channel}))
+    ack = await receive(ws)
+    assert ack["event"] == "subscribed", ack
+
+
+async def make_tenant(http: httpx.AsyncClient, node: ApplianceProcess, tenant: str) -> dict[str, str]:
+    await http.post(f"{node.url}/v1/tenants", json={"id": tenant, "name": tenant}, headers=ROOT)
+    key = await http.post(
+        f"{node.url}/v1/keys",
+        json={"name": "rt", "scopes": ["realtime"]},
+        headers={**ROOT, "X-Tenant-ID": tenant},
+    )
+    assert key.status_code == 201, key.text
+    return {"Authorization": f"Bearer {key.json()['secret']}"}
+
+
+async def test_a_broadcast_on_one_node_reaches_every_node(
+    two_nodes: tuple[ApplianceProcess, ApplianceProcess],
+) -> None:
+    node_a, node_b = two_nodes
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        acme = await make_tenant(http, node_a, "acme")
+        globex = await make_tenant(http, node_b, "globex")
+        # A token minted on A is accepted by B: the signing secret lives in the shared DB.
+        minted = await http.post(f"{node_a.url}/v1/realtime/tokens", json={"user_id": "bob"}, headers=acme)
+        token = minted.json()["token"]
+        async with (
+            socket(node_a, acme, "?user_id=alice") as (on_a, welcome_a),
+            socket(node_b, query=f"?token={token}") as (on_b, welcome_b),
+            socket(node_b, globex, "?user_id=alice") as (other_tenant, _),
+        ):
+            assert welcome_b["data"]["tenant"] == "acme" and welcome_b["data"]["user_id"] == "bob"
+            for ws in (on_a, on_b, other_tenant):
+                await subscribe(ws, "news")
+            sent = await http.post(
+                f"{node_a.url}/v1/channels/news/broadcast", json={"data": {"n": 1}}, headers=acme
+            )
+            assert sent.status_code == 202 and sent.json()["delivered"] == 2
+            for ws in (on_a, on_b):
+                frame = await receive(ws)
+                assert (frame["channel"], frame["data"], frame["id"]) == ("news", {"n": 1}, sent.json()["id"])
+            # Published by a client on B, filtered to alice: reaches alice on A only.
+            await on_b.send(json.dumps({"op": "publish", "channel": "news", "data": "from-b"}))
+            frames_b = [await receive(on_b), await receive(on_b)]
+            assert {f["event"] for f in frames_b} == {"published", "message"}
+            assert (await receive(on_a))["data"] == "from-b"
+            filtered = await http.post(
+                f"{node_b.url}/v1/channels/news/broadcast",
+                json={"data": "alice-only", "filter": {"user_ids": ["alice"]}},
+                headers=acme,
+            )
+            assert filtered.json()["delivered"] == 1
+            assert (await receive(on_a))["data"] == "alice-only"
+            # The other tenant, subscribed to the same name on B, got none of it.
+            await http.post(f"{node_a.url}/v1/channels/news/broadcast", json={"data": "mark"}, headers=globex)
+            assert (await receive(other_tenant))["data"] == "mark"
+            # Either node lists both nodes' connections of the tenant, and only those.
+            for node in (node_a, node_b):
+                listing = (await http.get(f"{node.url}/v1/connections", headers=acme)).json()["items"]
+                assert {c["id"] for c in listing} == {
+                    welcome_a["data"]["connection_id"],
+                    welcome_b["data"]["connection_id"],
+                }
+                assert len({c["node"] for c in listing}) == 2
+        # Disconnects are cleaned up everywhere.
+        for node in (node_a, node_b):
+            listing = (await http.get(f"{node.url}/v1/connections", headers=acme)).json()
+            assert listing == {"items": [], "next_cursor": None}
+
+
+async def test_a_slow_consumer_is_dropped_and_never_stalls_a_broadcast(tmp_path: Path) -> None:
+    env = {**BASE_ENV, "APPLIANCE_REALTIME_SEND_QUEUE": "4"}
+    payload = secrets.token_urlsafe(192 * 1024)  # 256 KiB that compression cannot shrink
+    count = 120  # 30 MiB: more than the kernel's socket buffers and the send queue can hold
+    with run_appliance(tmp_path / "data", env) as node:
+        async with (
+            httpx.AsyncClient(timeout=WAIT) as http,
+            socket(node, ROOT, "?user_id=fast", max_size=2**20) as (fast, _),
+            socket(node, ROOT, "?user_id=slow", max_size=2**20, max_queue=1, compression=None) as (slow, _),
+        ):
+            await subscribe(fast, "firehose")
+            await subscribe(slow, "firehose")
+
+            async def read_all() -> list[int]:
+                return [json.loads(await fast.recv())["data"]["n"] for _ in range(count)]
+
+            reader = asyncio.create_task(read_all())
+            for index in range(count):
+                sent = await http.post(
+                    f"{node.url}/v1/channels/firehose/broadcast",
+                    json={"data": {"n": index, "pad": payload}},
+                    headers=ROOT,
+                )
+                assert sent.status_code == 202
+            assert await asyncio.wait_for(reader, WAIT) == list(range(count))
+            # The slow client now reads what was buffered, then finds itself dropped with 4008.
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(slow.recv(), WAIT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
+            listing = (await http.get(f"{node.url}/v1/connections", headers=ROOT)).json()["items"]
+            assert [c["user_id"] for c in listing] == ["fast"]
+
+
+async def test_refused_handshakes_over_real_http(
+    two_nodes: tuple[ApplianceProcess, ApplianceProcess],
+) -> None:
+    node_a, _ = two_nodes
+    for query, headers in [("?token=rt1.forged.sig", None), ("", {"Authorization": "Bearer nope"})]:
+        with pytest.raises(Exception) as refused:
+            async with socket(node_a, headers, query):
+                pass
+        assert "403" in str(refused.value)  # uvicorn answers a refused handshake with HTTP 403
