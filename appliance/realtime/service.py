@@ -29,6 +29,7 @@ from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.subscriber import Subscriber
 from litestar.connection import WebSocket
 from litestar.exceptions import WebSocketDisconnect
+from litestar.types import WebSocketSendEvent
 from redis.exceptions import RedisError
 
 from appliance.core.context import BackendStatus, Context
@@ -127,9 +128,11 @@ class LiveConnection:
             self.closing.set_result((code, reason))
 
     async def send_loop(self) -> None:
+        send = self.socket.send  # the ASGI send (wrapped by Litestar only to track disconnects)
         while True:
             text = await self.queue.get()
-            await self.socket.send_text(text)
+            event: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": text}
+            await send(event)
 
 
 class Hub:
