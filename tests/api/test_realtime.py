@@ -27,6 +27,7 @@ from appliance.realtime.service import Hub
 from appliance.realtime.tokens import TokenClaims, TokenSigner
 from tests.api.test_core import assert_problem
 from tests.conftest import ROOT, MakeTenant, make_settings
+from tests.peers import free_port
 
 Client = AsyncTestClient[Litestar]
 Frame = dict[str, Any]
@@ -424,3 +425,16 @@ async def test_deleting_a_tenant_closes_its_connections(client: Client, make_ten
         assert closed.value.code == 4404
     listing = await client.get("/v1/connections", headers={**ROOT, "X-Tenant-ID": "doomed"})
     assert listing.status_code == 404
+
+
+async def test_redis_down_is_a_503_naming_it(tmp_path: Path) -> None:
+    down = make_settings(tmp_path / "down", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with app_client(down) as client:
+        sent = await client.post("/v1/channels/news/broadcast", json={"data": 1}, headers=ROOT)
+        assert "redis" in assert_problem(sent, 503)["detail"]
+        ready = assert_problem(await client.get("/readyz"), 503)
+        realtime = next(b for b in ready["backends"] if b["name"] == "realtime")
+        assert not realtime["ok"] and "redis" in realtime["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed, connect(client, ROOT):
+            pass
+        assert closed.value.code == 1011
