@@ -72,7 +72,7 @@ class BroadcastFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
 
 
 class Connection(msgspec.Struct):
-    """A live connection as ``GET /v1/connections`` lists it."""
+    """A live connection as ``GET /v1/connections`` lists it (``transport``: ``websocket`` or ``sse``)."""
 
     id: str
     user_id: str | None
@@ -80,6 +80,7 @@ class Connection(msgspec.Struct):
     channels: list[str]
     since: float
     node: str
+    transport: str = "websocket"
 
 
 class ConnectionRecord(msgspec.Struct):
@@ -93,6 +94,7 @@ class ConnectionRecord(msgspec.Struct):
     since: float
     node: str
     expires: float
+    transport: str = "websocket"
 
     def public(self) -> Connection:
         return Connection(
@@ -102,6 +104,7 @@ class ConnectionRecord(msgspec.Struct):
             channels=list(self.channels),
             since=self.since,
             node=self.node,
+            transport=self.transport,
         )
 
 

@@ -1,4 +1,4 @@
-"""Routes of API.md "Realtime": tokens, the WebSocket, broadcast, the connection list."""
+"""Routes of API.md "Realtime": tokens, the WebSocket (and its SSE fallback), broadcast, the connection list."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from litestar import Controller, get, post, websocket
 from litestar.connection import WebSocket
 from litestar.exceptions import WebSocketException
 from litestar.params import JSONBody, Parameter
+from litestar.response import ServerSentEvent
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
-from appliance.core.errors import Unprocessable
+from appliance.core.errors import Unauthorized, Unprocessable
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.core.tenants import Principal
 from appliance.realtime import BroadcastFilter, Connection, Tags, UserId
@@ -93,30 +94,45 @@ class RealtimeController(Controller):
         return await _hub(ctx).registry.list(principal.tenant, limit, cursor)
 
 
+@get(
+    "/v1/sse",
+    opt={"token_auth": True},
+    guards=[requires("realtime")],
+    tags=["realtime"],
+    summary="Server-sent events fallback: the WebSocket's server frames for ?channel=a&channel=b",
+)
+async def realtime_stream(
+    ctx: AppContext,
+    principal: Caller,
+    channel: Annotated[list[str], Parameter(description="channels to subscribe to (repeat the parameter)")],
+    token: Annotated[str | None, Parameter(description="a token from POST /v1/realtime/tokens")] = None,
+    user_id: Annotated[
+        str | None, Parameter(description="with an API key: the user this stream is for")
+    ] = None,
+    tags: Annotated[str | None, Parameter(description="with an API key: comma-separated tags")] = None,
+) -> ServerSentEvent:
+    """The same frames as ``/v1/ws`` as SSE ``data:`` lines, for clients that cannot open a WebSocket."""
+    hub = _hub(ctx)
+    who, labels = _identity(hub, principal, token, user_id, tags)
+    conn = await hub.open_stream(principal.tenant, who, labels, channel)
+    return ServerSentEvent(hub.stream(conn), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 @websocket("/v1/ws", name="realtime-ws")
 async def realtime_socket(socket: WebSocket[Any, Any, Any], ctx: AppContext, principal: Caller) -> None:
     """The realtime WebSocket: key in ``Authorization`` or ``?token=``; frames as in docs/realtime.md."""
     if not principal.allows("realtime"):
         raise WebSocketException(detail="this key lacks the 'realtime' scope", code=CloseCode.FORBIDDEN)
     hub = _hub(ctx)
-    user_id, tags = _identity(hub, socket, principal)
+    query = socket.query_params
+    try:
+        user_id, tags = _identity(hub, principal, query.get("token"), query.get("user_id"), query.get("tags"))
+    except Unauthorized as exc:
+        raise WebSocketException(detail=exc.detail, code=CloseCode.UNAUTHORIZED) from None
+    except Unprocessable as exc:
+        raise WebSocketException(detail=exc.detail[:120], code=CloseCode.INVALID) from None
     await socket.accept()
     await hub.serve(socket, principal.tenant, user_id, tags)
-
-
-def _identity(
-    hub: Hub, socket: WebSocket[Any, Any, Any], principal: Principal
-) -> tuple[str | None, list[str]]:
-    """Who is connecting: from the token's claims, or (API key) from ``?user_id=&tags=a,b``."""
-    if principal.key_id.startswith(TOKEN_KEY_PREFIX):
-        claims = hub.tokens.decode(socket.query_params.get("token", ""))
-        if claims is None:  # expired between the middleware's check and now
-            raise WebSocketException(detail="token expired", code=CloseCode.UNAUTHORIZED)
-        return claims.user_id, list(claims.tags)
-    try:
-        return _parse_identity(socket.query_params.get("user_id"), socket.query_params.get("tags"))
-    except (msgspec.ValidationError, Unprocessable) as exc:
-        raise WebSocketException(detail=str(exc)[:120], code=CloseCode.INVALID) from None
 
 
 class _Identity(msgspec.Struct):
@@ -124,12 +140,23 @@ class _Identity(msgspec.Struct):
     tags: Tags
 
 
-def _parse_identity(user_id: str | None, tags: str | None) -> tuple[str | None, list[str]]:
-    parsed = msgspec.convert(
-        {"user_id": user_id, "tags": [t for t in (tags or "").split(",") if t]}, _Identity
-    )
+def _identity(
+    hub: Hub, principal: Principal, token: str | None, user_id: str | None, tags: str | None
+) -> tuple[str | None, list[str]]:
+    """Who is connecting: from the token's claims, or (API key) from ``?user_id=&tags=a,b``."""
+    if principal.key_id.startswith(TOKEN_KEY_PREFIX):
+        claims = hub.tokens.decode(token or "")
+        if claims is None:  # expired between the middleware's check and now
+            raise Unauthorized("the token expired")
+        return claims.user_id, list(claims.tags)
+    try:
+        parsed = msgspec.convert(
+            {"user_id": user_id, "tags": [t for t in (tags or "").split(",") if t]}, _Identity
+        )
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(f"user_id or tags: {exc}") from None
     return parsed.user_id, parsed.tags
 
 
 def routes() -> list[ControllerRouterHandler]:
-    return [RealtimeController, realtime_socket]
+    return [RealtimeController, realtime_socket, realtime_stream]

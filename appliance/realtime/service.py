@@ -19,9 +19,10 @@ import logging
 import os
 import socket as _socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, cast
 
+import anyio
 import msgspec
 from litestar.channels import ChannelsPlugin
 from litestar.channels.backends.base import ChannelsBackend
@@ -104,7 +105,9 @@ def _frame(channel: str | None, event: str, data: Any) -> str:
 class LiveConnection:
     """One accepted WebSocket on this node, with its bounded send queue."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], record: ConnectionRecord, queue_size: int) -> None:
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any] | None, record: ConnectionRecord, queue_size: int
+    ) -> None:
         self.socket = socket
         self.record = record
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
@@ -128,6 +131,7 @@ class LiveConnection:
             self.closing.set_result((code, reason))
 
     async def send_loop(self) -> None:
+        assert self.socket is not None
         send = self.socket.send  # the ASGI send (wrapped by Litestar only to track disconnects)
         while True:
             text = await self.queue.get()
@@ -311,25 +315,12 @@ class Hub:
         self, socket: WebSocket[Any, Any, Any], tenant: str, user_id: str | None, tags: list[str]
     ) -> None:
         """Run one accepted connection until the client leaves or the hub closes it."""
-        now = time.time()
-        record = ConnectionRecord(
-            id=new_id("ws"),
-            tenant=tenant,
-            user_id=user_id,
-            tags=tags,
-            channels=[],
-            since=now,
-            node=self.node,
-            expires=now + self.record_ttl_s,
-        )
-        conn = LiveConnection(socket, record, self.send_queue)
-        self._local[record.id] = conn
+        conn = self._open(socket, tenant, user_id, tags, "websocket")
         try:
-            await self.registry.add(record)
+            await self.registry.add(conn.record)
         except (RedisError, OSError) as exc:
             conn.kick(CloseCode.INTERNAL, f"connection registry unavailable: {exc}"[:120])
-        welcome = {"connection_id": record.id, "tenant": tenant, "user_id": user_id, "tags": tags}
-        conn.offer(_frame(None, "welcome", welcome))
+        self._welcome(conn)
         tasks = [asyncio.create_task(conn.send_loop()), asyncio.create_task(self._read_loop(conn))]
         try:
             waiters: list[asyncio.Future[Any]] = [*tasks, conn.closing]
@@ -345,6 +336,82 @@ class Hub:
                 async with asyncio.timeout(5):
                     await socket.close(code=code, reason=reason)
 
+    def _open(
+        self,
+        socket: WebSocket[Any, Any, Any] | None,
+        tenant: str,
+        user_id: str | None,
+        tags: list[str],
+        transport: str,
+    ) -> LiveConnection:
+        now = time.time()
+        record = ConnectionRecord(
+            id=new_id("ws" if socket is not None else "sse"),
+            tenant=tenant,
+            user_id=user_id,
+            tags=tags,
+            channels=[],
+            since=now,
+            node=self.node,
+            expires=now + self.record_ttl_s,
+            transport=transport,
+        )
+        conn = LiveConnection(socket, record, self.send_queue)
+        self._local[record.id] = conn
+        return conn
+
+    def _welcome(self, conn: LiveConnection) -> None:
+        record = conn.record
+        data = {
+            "connection_id": record.id,
+            "tenant": record.tenant,
+            "user_id": record.user_id,
+            "tags": record.tags,
+        }
+        conn.offer(_frame(None, "welcome", data))
+
+    async def open_stream(
+        self, tenant: str, user_id: str | None, tags: list[str], channels: list[str]
+    ) -> LiveConnection:
+        """An SSE connection subscribed to ``channels``; read it with :meth:`stream`.
+
+        Raises:
+            Unprocessable: a channel name is invalid or there are too many.
+            ServiceUnavailable: the registry or fan-out backend (Redis) is down.
+        """
+        for channel in channels:
+            _check_channel(channel)
+        if not channels or len(set(channels)) > MAX_CHANNELS_PER_CONNECTION:
+            raise Unprocessable(f"give 1 to {MAX_CHANNELS_PER_CONNECTION} 'channel' query parameters")
+        conn = self._open(None, tenant, user_id, tags, "sse")
+        try:
+            await self.registry.add(conn.record)
+            for channel in dict.fromkeys(channels):
+                await self.subscribe(conn, channel)
+        except (RedisError, OSError) as exc:
+            await self._drop(conn)
+            raise ServiceUnavailable(f"realtime fan-out backend (redis) is unavailable: {exc}") from None
+        self._welcome(conn)
+        return conn
+
+    async def stream(self, conn: LiveConnection) -> AsyncIterator[str]:
+        """The frames of an SSE connection until the client leaves or the hub closes it."""
+        try:
+            while not conn.closing.done():
+                get = asyncio.ensure_future(conn.queue.get())
+                waiters: list[asyncio.Future[Any]] = [get, conn.closing]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                else:
+                    get.cancel()
+            code, reason = conn.closing.result()
+            yield _frame(None, "close", {"code": code, "reason": reason})
+        finally:
+            # The stream is cancelled when the client goes away; leave the channels regardless.
+            with anyio.CancelScope(shield=True):
+                await self._drop(conn)
+
     async def _drop(self, conn: LiveConnection) -> None:
         if self._local.pop(conn.record.id, None) is None:
             return
@@ -359,6 +426,7 @@ class Hub:
             log.warning("could not remove connection %s from the registry; it will expire", conn.record.id)
 
     async def _read_loop(self, conn: LiveConnection) -> None:
+        assert conn.socket is not None
         with contextlib.suppress(WebSocketDisconnect):
             while True:
                 message = await conn.socket.receive()
@@ -427,7 +495,9 @@ class Hub:
         now = time.monotonic()
         for conn in list(self._local.values()):
             quiet = now - conn.last_seen
-            if quiet >= self.idle_timeout_s:
+            if conn.socket is None:  # SSE: the client cannot speak, so it cannot idle; keep proxies awake
+                conn.offer(_frame(None, "ping", None))
+            elif quiet >= self.idle_timeout_s:
                 conn.kick(CloseCode.IDLE, f'idle for {self.idle_timeout_s:g}s: send {{"op":"ping"}} frames')
             elif quiet >= self.heartbeat_s:
                 conn.offer(_frame(None, "ping", None))

@@ -124,6 +124,10 @@ def refused(client: Client, query: str = "", headers: dict[str, str] | None = No
         ("POST", "/v1/channels/" + "c" * 129 + "/broadcast", {"data": 1}, 422),
         ("GET", "/v1/connections?limit=0", None, 422),
         ("GET", "/v1/connections?cursor=%%%", None, 400),
+        ("GET", "/v1/sse", None, 422),
+        ("GET", "/v1/sse?channel=bad%20name", None, 422),
+        ("GET", "/v1/sse?channel=ok&channel=-bad", None, 422),
+        ("GET", "/v1/sse?channel=ok&tags=" + "x" * 65, None, 422),
     ],
 )
 async def test_bad_input_is_a_problem(client: Client, method: str, path: str, body: Any, status: int) -> None:
@@ -136,6 +140,7 @@ async def test_keys_need_the_realtime_scope(client: Client, make_tenant: MakeTen
         ("POST", "/v1/realtime/tokens", {"user_id": "u"}),
         ("POST", "/v1/channels/news/broadcast", {"data": 1}),
         ("GET", "/v1/connections", None),
+        ("GET", "/v1/sse?channel=news", None),
     ]:
         assert_problem(await client.request(method, path, json=body, headers={}), 401)
         assert_problem(await client.request(method, path, json=body, headers=storage_only), 403)
@@ -172,6 +177,10 @@ async def test_handshakes_refused_with_4401(client: Client, make_tenant: MakeTen
         assert refused(client, query, headers) == 4401, name
     with connect(client, query=f"?token={token}") as ws:
         assert ws.welcome["data"]["user_id"] == "u1"  # type: ignore[attr-defined]
+    # Tokens open the WebSocket and the SSE stream, nothing else.
+    assert_problem(await client.get(f"/v1/connections?token={token}"), 401)
+    assert_problem(await client.get(f"/v1/whoami?token={token}"), 401)
+    assert_problem(await client.get(f"/v1/sse?channel=x&token={expired}"), 401)
     assert (await client.delete(f"/v1/keys/{key['id']}", headers=admin)).status_code == 204
     assert refused(client, f"?token={token}") == 4401, "a revoked key's tokens die with it"
 

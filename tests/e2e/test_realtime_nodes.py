@@ -174,3 +174,58 @@ async def test_refused_handshakes_over_real_http(
             async with socket(node_a, headers, query):
                 pass
         assert "403" in str(refused.value)  # uvicorn answers a refused handshake with HTTP 403
+
+
+async def sse_frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            yield json.loads(line[5:].strip())
+
+
+async def next_frame(frames: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    return await asyncio.wait_for(anext(frames), WAIT)
+
+
+async def test_sse_fallback_streams_the_same_frames(tmp_path: Path) -> None:
+    with run_appliance(tmp_path / "data", {**BASE_ENV, "APPLIANCE_REALTIME_HEARTBEAT_S": "0.2"}) as node:
+        async with httpx.AsyncClient(base_url=node.url, timeout=WAIT) as http:
+            acme = await make_tenant(http, node, "acme")
+            globex = await make_tenant(http, node, "globex")
+            token = (await http.post("/v1/realtime/tokens", json={"user_id": "alice"}, headers=acme)).json()[
+                "token"
+            ]
+            url = f"/v1/sse?channel=news&channel=chat&token={token}"
+            async with (
+                http.stream("GET", url) as response,
+                http.stream("GET", "/v1/sse?channel=news&user_id=eve", headers=globex) as other,
+            ):
+                assert response.status_code == 200 and other.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                frames, other_frames = sse_frames(response), sse_frames(other)
+                welcome = await next_frame(frames)
+                assert welcome["event"] == "welcome" and welcome["data"]["user_id"] == "alice"
+                assert (await next_frame(other_frames))["data"]["tenant"] == "globex"
+                listing = (await http.get("/v1/connections", headers=acme)).json()["items"]
+                assert [(c["transport"], c["channels"]) for c in listing] == [("sse", ["news", "chat"])]
+                sent = await http.post(
+                    "/v1/channels/chat/broadcast",
+                    json={"data": "hi", "filter": {"user_ids": ["alice"]}},
+                    headers=acme,
+                )
+                assert sent.json()["delivered"] == 1
+                frame = await next_frame(frames)
+                while frame["event"] == "ping":  # heartbeats keep proxies from closing the stream
+                    frame = await next_frame(frames)
+                assert (frame["channel"], frame["data"], frame["id"]) == ("chat", "hi", sent.json()["id"])
+                await http.post("/v1/channels/news/broadcast", json={"data": "acme-news"}, headers=acme)
+                await http.post("/v1/channels/news/broadcast", json={"data": "marker"}, headers=globex)
+                seen = []
+                while (frame := await next_frame(other_frames))["data"] != "marker":
+                    seen.append(frame["data"])
+                assert "acme-news" not in seen
+        async with httpx.AsyncClient(base_url=node.url, timeout=WAIT) as http:
+            # Closing the stream removes the connection; bad requests are problems, not streams.
+            listing = (await http.get("/v1/connections", headers=acme)).json()
+            assert listing["items"] == []
+            assert (await http.get("/v1/sse?channel=bad%20name", headers=acme)).status_code == 422
+            assert (await http.get("/v1/sse?channel=news&token=rt1.forged.x")).status_code == 401
