@@ -49,6 +49,7 @@ __all__ = ["CloseCode", "Frame", "Hub", "LiveConnection", "build_hub", "physical
 log = logging.getLogger("appliance.realtime")
 
 PHYSICAL_PREFIX = "appliance:rt:t:"
+CONTROL_CHANNEL = "appliance:rt:control"  # never a tenant channel: those all start with PHYSICAL_PREFIX
 MAX_FRAME_BYTES = 64 * 1024
 MAX_CHANNELS_PER_CONNECTION = 100
 EVENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -89,6 +90,12 @@ class ClientFrame(msgspec.Struct, forbid_unknown_fields=True):
     ref: str | int | None = None
 
 
+class _Command(msgspec.Struct):
+    """A message on the control channel, for every node."""
+
+    kick_tenant: str
+
+
 class FrameError(Exception):
     """A client frame the hub refuses; answered with an ``error`` frame, the connection stays open."""
 
@@ -96,6 +103,7 @@ class FrameError(Exception):
 _encode = msgspec.json.Encoder().encode
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _decode_filter = msgspec.json.Decoder(BroadcastFilter | None).decode
+_decode_command = msgspec.json.Decoder(_Command).decode
 
 
 def _frame(channel: str | None, event: str, data: Any) -> str:
@@ -173,6 +181,9 @@ class Hub:
 
     async def start(self) -> None:
         await self.plugin.__aenter__()
+        # Node-to-node commands (close a deleted tenant's connections everywhere) share the backend.
+        control = await self.plugin.subscribe(CONTROL_CHANNEL)
+        self._pumps[CONTROL_CHANNEL] = (control, asyncio.create_task(self._obey(control)))
         self._heartbeat = asyncio.create_task(self._beat_forever())
 
     async def stop(self) -> None:
@@ -506,10 +517,24 @@ class Hub:
             await self.registry.touch(live, time.time() + self.record_ttl_s)
 
     async def purge_tenant(self, tenant: str) -> None:
-        """The tenant is being deleted: close its connections here and forget all of them."""
-        for conn in self.local_connections(tenant):
-            conn.kick(CloseCode.TENANT_GONE, "tenant deleted")
-        await self.registry.purge(tenant)
+        """The tenant is being deleted: close its connections on every node and forget them all."""
+        try:
+            await self.plugin.wait_published(_encode(_Command(kick_tenant=tenant)), CONTROL_CHANNEL)
+            await self.registry.purge(tenant)
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(
+                f"realtime backend (redis) is unavailable, so the tenant was not deleted: {exc}"
+            ) from None
+
+    async def _obey(self, control: Subscriber) -> None:
+        async for payload in control.iter_events():
+            try:
+                command = _decode_command(payload)
+            except msgspec.DecodeError:
+                log.warning("ignored a malformed realtime control message")
+                continue
+            for conn in self.local_connections(command.kick_tenant):
+                conn.kick(CloseCode.TENANT_GONE, "tenant deleted")
 
 
 def _valid_event(event: str) -> bool:

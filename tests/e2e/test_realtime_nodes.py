@@ -125,6 +125,11 @@ async def test_a_broadcast_on_one_node_reaches_every_node(
                     welcome_b["data"]["connection_id"],
                 }
                 assert len({c["node"] for c in listing}) == 2
+            # Deleting a tenant on A closes its connections on B too.
+            assert (await http.delete(f"{node_a.url}/v1/tenants/globex", headers=ROOT)).status_code == 204
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(other_tenant)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
         # Disconnects are cleaned up everywhere.
         for node in (node_a, node_b):
             listing = (await http.get(f"{node.url}/v1/connections", headers=acme)).json()
