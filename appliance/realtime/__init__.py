@@ -128,7 +128,7 @@ class ConnectionRegistry(Protocol):
         """Forget a connection and its channel memberships. Idempotent."""
 
     async def touch(self, records: Sequence[ConnectionRecord], expires: float) -> None:
-        """Push ``expires`` of these live connections forward; never resurrects a removed one."""
+        """Push ``expires`` of these live connections forward, re-creating any the backend lost."""
 
     async def list(self, tenant: str, limit: int, cursor: str | None) -> Page[Connection]:
         """The tenant's live connections, oldest first (ids are time-ordered), paginated by id."""

@@ -40,9 +40,8 @@ class MemoryRegistry:
 
     async def touch(self, records: Sequence[ConnectionRecord], expires: float) -> None:
         for record in records:
-            stored = self._records.get(record.tenant, {}).get(record.id)
-            if stored is not None:
-                stored.expires = expires
+            record.expires = expires
+            await self.add(record)
 
     async def list(self, tenant: str, limit: int, cursor: str | None) -> Page[Connection]:
         after = decode_cursor(cursor, str) if cursor else ""

@@ -8,29 +8,51 @@ leaves records that expire and are dropped lazily by the next read.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import msgspec
+from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
 from appliance.realtime import BroadcastFilter, Connection, ConnectionRecord
 
-__all__ = ["RedisRegistry"]
+__all__ = ["RedisRegistry", "ResilientPubSubBackend"]
+
+log = logging.getLogger("appliance.realtime")
 
 PREFIX = "appliance:rt"
-# Refresh only records that still exist: a heartbeat racing a disconnect must not resurrect it.
-_TOUCH = """
-for i = 1, #ARGV, 2 do
-    if redis.call('HEXISTS', KEYS[(i + 1) / 2], ARGV[i]) == 1 then
-        redis.call('HSET', KEYS[(i + 1) / 2], ARGV[i], ARGV[i + 1])
-    end
-end
-return 0
-"""
+RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0)
+
+
+class ResilientPubSubBackend(RedisChannelsPubSubBackend):
+    """Litestar's Redis pub/sub channels backend, surviving a Redis restart.
+
+    The stock backend's event stream ends at the first connection error, and with it every delivery
+    on this node. Here the stream retries with a growing delay; redis-py re-subscribes the
+    connection's channels when it reconnects. Messages published while Redis was down are lost, as
+    pub/sub never stores them.
+    """
+
+    async def stream_events(self) -> AsyncGenerator[tuple[str, Any], None]:
+        failures = 0
+        while True:
+            try:
+                async for event in super().stream_events():
+                    failures = 0
+                    yield event
+            except (RedisError, OSError) as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning("realtime fan-out lost redis (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(ConnectionRecord).decode
@@ -49,7 +71,6 @@ class RedisRegistry:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._touch = redis.register_script(_TOUCH)
 
     async def add(self, record: ConnectionRecord) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -78,14 +99,16 @@ class RedisRegistry:
             await pipe.execute()
 
     async def touch(self, records: Sequence[ConnectionRecord], expires: float) -> None:
-        keys: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        for record in records:
-            record.expires = expires
-            keys.append(_conns_key(record.tenant))
-            args += [record.id, _encode(record)]
-        for start in range(0, len(keys), 500):
-            await self._touch(keys=keys[start : start + 500], args=args[2 * start : 2 * (start + 500)])
+        # An upsert, so that a Redis that restarted empty learns the live connections again; a
+        # record re-created by a heartbeat racing a disconnect simply expires.
+        for start in range(0, len(records), 500):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for record in records[start : start + 500]:
+                    record.expires = expires
+                    pipe.hset(_conns_key(record.tenant), record.id, _encode(record).decode())
+                    for channel in record.channels:
+                        pipe.sadd(_chan_key(record.tenant, channel), record.id)
+                await pipe.execute()
 
     async def list(self, tenant: str, limit: int, cursor: str | None) -> Page[Connection]:
         after = decode_cursor(cursor, str) if cursor else ""

@@ -555,13 +555,21 @@ def build_hub(ctx: Context) -> Hub:
     backend: ChannelsBackend
     registry: ConnectionRegistry
     if settings.redis_url:
-        from litestar.channels.backends.redis import RedisChannelsPubSubBackend
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        from appliance.realtime.redis import RedisRegistry
+        from appliance.realtime.redis import RedisRegistry, ResilientPubSubBackend
 
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-        backend, registry, name = RedisChannelsPubSubBackend(redis=client), RedisRegistry(client), "redis"
+        # Retrying a failed command on a fresh connection hides a Redis restart from the next caller.
+        client = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=3,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError],
+        )
+        backend, registry, name = ResilientPubSubBackend(redis=client), RedisRegistry(client), "redis"
     else:
         from appliance.realtime.memory import MemoryRegistry
 

@@ -133,11 +133,18 @@ async def test_expired_records_are_gone_and_touch_keeps_live_ones(
     assert [c.id for c in (await registry.list(tenant, 50, None)).items] == ["ws_live"]
     assert await registry.count(tenant, "news", None) == 1
     await registry.touch([live], time.time() + 60)
-    removed = record(tenant, "ws_removed")
-    await registry.add(removed)
-    await registry.remove(removed)
-    await registry.touch([removed], time.time() + 60)  # must not resurrect it
+    assert live.expires > time.time() + 50
     assert [c.id for c in (await registry.list(tenant, 50, None)).items] == ["ws_live"]
+
+
+async def test_touch_restores_what_the_backend_lost(registry: ConnectionRegistry, tenant: str) -> None:
+    live = record(tenant, "ws_live", "alice", channels=("news",))
+    await registry.add(live)
+    await registry.purge(tenant)  # as if Redis restarted empty
+    assert await registry.count(tenant, "news", None) == 0
+    await registry.touch([live], time.time() + 60)
+    assert [c.id for c in (await registry.list(tenant, 50, None)).items] == ["ws_live"]
+    assert await registry.count(tenant, "news", BroadcastFilter(user_ids=["alice"])) == 1
 
 
 async def test_ping_answers(registry: ConnectionRegistry) -> None:

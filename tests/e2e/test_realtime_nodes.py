@@ -7,6 +7,7 @@ cross-node fan-out are the ones a production client sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from appliance.realtime.redis import ResilientPubSubBackend
 from tests.conftest import ROOT, ROOT_KEY
-from tests.peers import RedisPeer
+from tests.peers import RedisPeer, find_tool, free_port, redis_pong, running
 from tests.process import ApplianceProcess, run_appliance
 
 WAIT = 10.0
@@ -234,3 +238,36 @@ async def test_sse_fallback_streams_the_same_frames(tmp_path: Path) -> None:
             assert listing["items"] == []
             assert (await http.get("/v1/sse?channel=bad%20name", headers=acme)).status_code == 422
             assert (await http.get("/v1/sse?channel=news&token=rt1.forged.x")).status_code == 401
+
+
+async def test_fan_out_survives_a_redis_restart(tmp_path: Path) -> None:
+    """The stock Litestar backend stops delivering after a connection error; ours reconnects."""
+    port = free_port()
+    argv = [find_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    backend = ResilientPubSubBackend(redis=client)
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for _, data in backend.stream_events():
+            received.put_nowait(data)
+
+    async def delivered_after_publishing() -> bytes:
+        # Pub/sub keeps nothing for a subscriber that is reconnecting: publish until one arrives.
+        while True:
+            with contextlib.suppress(RedisError):  # the pool's old connection died with the server
+                await backend.publish(b"again", ["news"])
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(received.get(), 0.2)
+
+    with running("redis-restart", argv, tmp_path, lambda: redis_pong(port)):
+        await backend.subscribe(["news"])
+        task = asyncio.create_task(pump())
+        assert await asyncio.wait_for(delivered_after_publishing(), WAIT) == b"again"
+    try:
+        with running("redis-restart", argv, tmp_path, lambda: redis_pong(port)):
+            assert await asyncio.wait_for(delivered_after_publishing(), WAIT) == b"again"
+    finally:
+        task.cancel()
+        await backend.on_shutdown()
+        await client.aclose()
