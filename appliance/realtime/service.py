@@ -181,10 +181,28 @@ class Hub:
 
     async def start(self) -> None:
         await self.plugin.__aenter__()
-        # Node-to-node commands (close a deleted tenant's connections everywhere) share the backend.
-        control = await self.plugin.subscribe(CONTROL_CHANNEL)
-        self._pumps[CONTROL_CHANNEL] = (control, asyncio.create_task(self._obey(control)))
+        try:
+            await self._listen_for_commands()
+        except (RedisError, OSError) as exc:
+            log.warning("realtime: redis is unavailable (%s); will retry at every heartbeat", exc)
         self._heartbeat = asyncio.create_task(self._beat_forever())
+
+    async def _listen_for_commands(self) -> None:
+        # Node-to-node commands (close a deleted tenant's connections everywhere) share the backend.
+        if CONTROL_CHANNEL not in self._pumps:
+            control = await self._backend_subscribe(CONTROL_CHANNEL)
+            self._pumps[CONTROL_CHANNEL] = (control, asyncio.create_task(self._obey(control)))
+
+    async def _backend_subscribe(self, physical: str) -> Subscriber:
+        try:
+            return await self.plugin.subscribe(physical)
+        except (RedisError, OSError):
+            # The plugin records the subscriber before asking the backend; forget it, or the next
+            # attempt would believe the node already listens and never subscribe again.
+            for orphan in list(self.plugin._channels.get(physical, ())):
+                with contextlib.suppress(RedisError, OSError):
+                    await self.plugin.unsubscribe(orphan, physical)
+            raise
 
     async def stop(self) -> None:
         self._emptied.clear()
@@ -285,7 +303,7 @@ class Hub:
         async with self._lock:
             members = self._members.get(physical)
             if members is None:
-                subscriber = await self.plugin.subscribe(physical)
+                subscriber = await self._backend_subscribe(physical)
                 self._pumps[physical] = (subscriber, asyncio.create_task(self._pump(physical, subscriber)))
                 members = self._members[physical] = set()
             members.add(conn)
@@ -503,6 +521,7 @@ class Hub:
 
     async def beat(self) -> None:
         """Close idle connections, ping quiet ones, and refresh this node's registry records."""
+        await self._listen_for_commands()
         now = time.monotonic()
         for conn in list(self._local.values()):
             quiet = now - conn.last_seen
@@ -556,19 +575,10 @@ def build_hub(ctx: Context) -> Hub:
     registry: ConnectionRegistry
     if settings.redis_url:
         from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
 
         from appliance.realtime.redis import RedisRegistry, ResilientPubSubBackend
 
-        # Retrying a failed command on a fresh connection hides a Redis restart from the next caller.
-        client = Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=3,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-            retry_on_error=[RedisConnectionError],
-        )
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
         backend, registry, name = ResilientPubSubBackend(redis=client), RedisRegistry(client), "redis"
     else:
         from appliance.realtime.memory import MemoryRegistry

@@ -40,7 +40,8 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         return make_settings(tmp_path / "data")
     peer = request.getfixturevalue("redis_peer")
     url = f"redis://{peer.host}:{peer.port}/5"
-    redis.Redis.from_url(url).flushdb()
+    with redis.Redis.from_url(url) as sync_client:
+        sync_client.flushdb()
     return make_settings(tmp_path / "data", redis_url=url)
 
 

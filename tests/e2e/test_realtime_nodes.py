@@ -41,7 +41,8 @@ BASE_ENV = {
 def two_nodes(tmp_path: Path, redis_peer: RedisPeer) -> Iterator[tuple[ApplianceProcess, ApplianceProcess]]:
     """Nodes A and B: the same data dir (so the same DB and token secret) and the same Redis."""
     url = f"redis://{redis_peer.host}:{redis_peer.port}/6"
-    redis.Redis.from_url(url).flushdb()
+    with redis.Redis.from_url(url) as sync_client:
+        sync_client.flushdb()
     env = {**BASE_ENV, "APPLIANCE_REDIS_URL": url, "APPLIANCE_REALTIME_HEARTBEAT_S": "1"}
     with run_appliance(tmp_path / "data", env) as node_a, run_appliance(tmp_path / "data", env) as node_b:
         yield node_a, node_b
