@@ -218,7 +218,8 @@ class Hub:
                 await self._heartbeat
         for subscriber, task in list(self._pumps.values()):
             task.cancel()
-            await self.plugin.unsubscribe(subscriber)
+            with contextlib.suppress(RedisError, OSError):  # shutting down anyway
+                await self.plugin.unsubscribe(subscriber)
         self._pumps.clear()
         await self.plugin.__aexit__(None, None, None)
         await self.registry.close()
@@ -331,7 +332,10 @@ class Hub:
             if pump is None:
                 return
             subscriber, task = pump
-            await self.plugin.unsubscribe(subscriber, physical)
+            # With Redis down the node stays subscribed there; stray messages find no members.
+            with contextlib.suppress(RedisError, OSError):
+                await self.plugin.unsubscribe(subscriber, physical)
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
