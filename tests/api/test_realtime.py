@@ -422,6 +422,7 @@ async def test_tenant_isolation(client: Client, make_tenant: MakeTenant) -> None
             ("POST", "/v1/realtime/tokens", {"user_id": "x"}),
             ("POST", "/v1/channels/news/broadcast", {"data": "intruder"}),
             ("GET", "/v1/connections", None),
+            ("GET", "/v1/sse?channel=news", None),
         ]:
             response = await client.request(method, path, json=body, headers=as_acme)
             assert response.status_code == 403 and "acme-only" not in response.text
