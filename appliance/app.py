@@ -32,6 +32,7 @@ from appliance.core.ratelimit import rate_limit_middlewares
 from appliance.events import install as install_events
 from appliance.jobs import install as install_jobs
 from appliance.payments import install as install_payments
+from appliance.realtime import install as install_realtime
 from appliance.search import install as install_search
 from appliance.storage import install as install_storage
 
@@ -43,6 +44,7 @@ Installer = Callable[[Context], list[ControllerRouterHandler]]
 CAPABILITIES: list[Installer] = [
     core_api.install,
     install_jobs,
+    install_realtime,
     install_events,
     install_storage,
     install_search,

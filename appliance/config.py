@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     job_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     job_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
     event_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    realtime_heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    realtime_idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    realtime_send_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
 
     @property
     def data_path(self) -> Path:
@@ -151,6 +154,9 @@ _DOCS: dict[str, str] = {
     "job_concurrency": "Jobs one worker process runs at the same time.",
     "job_retention_days": "Days a succeeded job's record is kept (failed and dead ones stay until retried).",
     "event_retention_days": "Days events stay in the event log (`GET /v1/events`).",
+    "realtime_heartbeat_s": "Seconds between realtime heartbeats: quiet WebSockets get a `ping` frame, registry entries are refreshed.",
+    "realtime_idle_timeout_s": "A WebSocket that sends nothing for this long is closed (code 4408).",
+    "realtime_send_queue": "Frames queued per WebSocket; a client that falls this far behind is dropped (code 4008).",
 }
 
 
