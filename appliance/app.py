@@ -20,6 +20,7 @@ from litestar.stores.memory import MemoryStore
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__
+from appliance.admin import install as admin_install
 from appliance.config import Settings, load_settings
 from appliance.core import api as core_api
 from appliance.core.auth import ApiKeyMiddleware
@@ -34,7 +35,7 @@ __all__ = ["assemble", "create_app"]
 Installer = Callable[[Context], list[ControllerRouterHandler]]
 
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
-CAPABILITIES: list[Installer] = [core_api.install]
+CAPABILITIES: list[Installer] = [core_api.install, admin_install]
 
 _AUTH_EXCLUDE = ["^/schema"]
 

@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit_per_ip: Rate | None = "2000/second"
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
     worker: bool = True
+    admin_session_idle_s: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 1800
+    admin_session_max_s: Annotated[int, msgspec.Meta(ge=300, le=30 * 86400)] = 12 * 3600
 
     @property
     def data_path(self) -> Path:
@@ -119,6 +121,8 @@ _DOCS: dict[str, str] = {
     "rate_limit_per_ip": "Requests allowed per client address, same format.",
     "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
+    "admin_session_idle_s": "Admin UI sessions end after this many seconds without a request.",
+    "admin_session_max_s": "Admin UI sessions end this many seconds after sign-in, however active.",
 }
 
 
