@@ -68,7 +68,7 @@ export async function render(el, api) {
     const c = await counts(api);
     const healthy = ready.backends.filter((b) => b.ok).length;
     const status = ready.ok
-      ? h("div", { class: "alert alert-ok", role: "status" }, `All ${ready.backends.length} backends are healthy.`)
+      ? h("div", { class: "alert alert-ok", role: "status" }, ready.backends.length === 1 ? "The one backend is healthy." : `All ${ready.backends.length} backends are healthy.`)
       : h("div", { class: "alert alert-error", role: "alert" }, ready.detail || "Some backends are down.");
     const capParts = [
       { label: "installed", value: c.installed, color: "var(--accent)" },

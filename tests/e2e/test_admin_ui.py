@@ -1,0 +1,217 @@
+"""The web admin UI in a real Chromium, against the appliance running as a real process.
+
+Every test's browser context intercepts every request and fails if one leaves the appliance's own
+origin (the box may be offline; the UI must not load fonts, scripts or images from anywhere else).
+Screenshots of each panel go to the module's output folder; the overview's also to /tmp.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
+
+from tests.conftest import ROOT_KEY
+from tests.process import ApplianceProcess, run_appliance
+
+pytestmark = pytest.mark.peer("chromium")
+
+ROOT_HEADERS = {"Authorization": f"Bearer {ROOT_KEY}"}
+CAPABILITY_PANELS = ["storage", "search", "jobs", "events", "realtime", "email", "payments"]
+OVERVIEW_SHOT = Path("/tmp/appliance-admin-overview.png")
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApplianceProcess]:
+    data = tmp_path_factory.mktemp("admin-ui") / "data"
+    with run_appliance(data, {"APPLIANCE_ROOT_KEY": ROOT_KEY, "APPLIANCE_RATE_LIMIT_PER_IP": ""}) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("admin-screenshots")
+
+
+class Session:
+    def __init__(self, context: BrowserContext, page: Page, base: str) -> None:
+        self.context, self.page, self.base = context, page, base
+        self.outside: list[str] = []
+
+    def sign_in(self, key: str = ROOT_KEY) -> None:
+        self.page.goto(f"{self.base}/admin/")
+        self.page.get_by_label("API key").fill(key)
+        self.page.get_by_role("button", name="Sign in").click()
+
+    def open(self, panel: str) -> None:
+        self.page.get_by_role("navigation", name="Panels").get_by_role("link", name=re.compile(panel)).click()
+
+
+def _session(browser: Browser, appliance: ApplianceProcess, **context_args: object) -> Iterator[Session]:
+    context = browser.new_context(**context_args)  # type: ignore[arg-type]
+    page = context.new_page()
+    session = Session(context, page, appliance.url)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def guard(route: Route) -> None:
+        url = route.request.url
+        if url.startswith(f"{appliance.url}/") or url.startswith(("data:", "blob:", "about:")):
+            route.continue_()
+        else:
+            session.outside.append(url)
+            route.abort()
+
+    context.route("**/*", guard)
+    try:
+        yield session
+    finally:
+        context.close()
+    assert session.outside == [], f"requests left the appliance: {session.outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+@pytest.fixture
+def ui(browser: Browser, appliance: ApplianceProcess) -> Iterator[Session]:
+    yield from _session(browser, appliance, viewport={"width": 1280, "height": 860})
+
+
+@pytest.fixture
+def phone(browser: Browser, appliance: ApplianceProcess) -> Iterator[Session]:
+    yield from _session(browser, appliance, viewport={"width": 390, "height": 844}, is_mobile=True)
+
+
+def test_sign_in_shows_the_overview(ui: Session, shots: Path) -> None:
+    page = ui.page
+    page.goto(f"{ui.base}/admin")
+    expect(page.get_by_role("heading", name="Sign in to the admin console")).to_be_visible()
+    ui.sign_in()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    metadata = page.get_by_role("article", name="metadata backend")
+    expect(metadata).to_contain_text("healthy")
+    expect(metadata).to_contain_text("embedded")
+    expect(metadata).to_contain_text("sqlite")
+    expect(page.get_by_role("img", name=re.compile("latency per backend"))).to_be_visible()
+    expect(page.get_by_text("0 / 7")).to_be_visible()  # no capability is on main yet
+    page.screenshot(path=str(OVERVIEW_SHOT), full_page=True)
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+    (cookie,) = [c for c in ui.context.cookies() if c["name"] == "appliance_admin"]
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and cookie["secure"] is False
+    stored = page.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)")
+    assert ROOT_KEY not in stored and ROOT_KEY not in page.content()
+
+
+def test_wrong_and_non_admin_keys_are_refused_in_words(ui: Session, appliance: ApplianceProcess) -> None:
+    ui.sign_in("not-a-key")
+    expect(ui.page.get_by_role("alert")).to_contain_text("unknown, malformed or revoked")
+    key = httpx.post(
+        f"{appliance.url}/v1/keys", json={"name": "reader", "scopes": ["storage"]}, headers=ROOT_HEADERS
+    ).json()["secret"]
+    ui.page.get_by_label("API key").fill(key)
+    ui.page.get_by_role("button", name="Sign in").click()
+    expect(ui.page.get_by_role("alert")).to_contain_text("'admin' scope")
+    assert not [c for c in ui.context.cookies() if c["name"] == "appliance_admin"]
+
+
+def test_tenant_and_key_lifecycle(ui: Session, appliance: ApplianceProcess, shots: Path) -> None:
+    page = ui.page
+    ui.sign_in()
+    ui.open("Tenants")
+    page.get_by_label("Tenant id").fill("acme")
+    page.get_by_label("Name", exact=True).fill("Acme Inc.")
+    page.get_by_role("button", name="Create tenant").click()
+    expect(page.get_by_role("status").filter(has_text="Tenant acme created")).to_be_visible()
+    expect(page.get_by_role("cell", name="Acme Inc.")).to_be_visible()
+
+    page.get_by_label("Tenant", exact=True).select_option("acme")
+    expect(page.get_by_role("heading", name="API keys in acme")).to_be_visible()
+
+    page.get_by_label("Key name").fill("ci deploys")
+    page.get_by_role("checkbox", name="storage").check()
+    page.get_by_role("checkbox", name="admin").check()
+    page.get_by_role("button", name="Create key").click()
+    dialog = page.get_by_role("dialog", name="API key created")
+    expect(dialog).to_contain_text("shown this once")
+    secret = dialog.get_by_test_id("new-secret").locator("code").inner_text()
+    assert secret.startswith("apl_")
+    page.screenshot(path=str(shots / "key-created.png"))
+    whoami = httpx.get(f"{appliance.url}/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
+    assert whoami.json()["tenant"] == "acme" and whoami.json()["scopes"] == ["admin", "storage"]
+    dialog.get_by_role("button", name="Close").click()
+    expect(page.get_by_test_id("new-secret")).to_have_count(0)
+    assert secret not in page.content()  # shown once: gone from the page once the dialog closes
+    row = page.get_by_role("row", name=re.compile("ci deploys"))
+    expect(row).to_contain_text("storage")
+    page.screenshot(path=str(shots / "tenants.png"), full_page=True)
+
+    row.get_by_role("button", name="Revoke key ci deploys").click()
+    page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("row", name=re.compile("ci deploys"))).to_have_count(0)
+    assert (
+        httpx.get(f"{appliance.url}/v1/whoami", headers={"Authorization": f"Bearer {secret}"}).status_code
+        == 401
+    )
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to the admin console")).to_be_visible()
+    assert not [c for c in ui.context.cookies() if c["name"] == "appliance_admin"]
+    assert page.evaluate("fetch('/v1/whoami').then(r => r.status)") == 401
+
+
+def test_requests_without_the_csrf_token_are_refused(ui: Session) -> None:
+    ui.sign_in()
+    expect(ui.page.get_by_role("heading", name="Overview")).to_be_visible()
+    result = ui.page.evaluate(
+        """async () => {
+            const r = await fetch('/v1/tenants', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                   body: JSON.stringify({id: 'csrf-probe', name: 'x'})});
+            return [r.status, (await r.json()).detail];
+        }"""
+    )
+    assert result[0] == 403 and "X-CSRF-Token" in result[1]
+    assert ui.page.evaluate("fetch('/v1/tenants/csrf-probe').then(r => r.status)") == 404
+
+
+def test_capability_panels_say_they_are_not_installed(ui: Session, shots: Path) -> None:
+    ui.sign_in()
+    expect(ui.page.get_by_role("heading", name="Overview")).to_be_visible()
+    for panel in CAPABILITY_PANELS:
+        ui.page.goto(f"{ui.base}/admin/#/{panel}")
+        expect(ui.page.get_by_role("status").filter(has_text="is not installed")).to_contain_text(
+            "returned 404"
+        )
+        ui.page.screenshot(path=str(shots / f"{panel}.png"))
+    ui.open("Plugins")
+    expect(ui.page.get_by_text("No plugins are installed")).to_be_visible()
+    ui.page.screenshot(path=str(shots / "plugins.png"))
+
+
+def test_keyboard_navigation_moves_focus_to_the_panel(ui: Session) -> None:
+    ui.sign_in()
+    expect(ui.page.get_by_role("heading", name="Overview")).to_be_visible()
+    ui.page.get_by_role("link", name="Tenants & keys").focus()
+    ui.page.keyboard.press("Enter")
+    expect(ui.page.get_by_role("heading", name="Tenants & keys")).to_be_focused()
+    expect(ui.page.get_by_role("link", name="Tenants & keys")).to_have_attribute("aria-current", "page")
+
+
+def test_works_on_a_phone(phone: Session, shots: Path) -> None:
+    page = phone.page
+    phone.sign_in()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    nav = page.get_by_role("navigation", name="Panels")
+    expect(nav).to_be_hidden()
+    page.get_by_role("button", name="Menu").click()
+    nav.get_by_role("link", name="Tenants & keys").click()
+    expect(page.get_by_role("heading", name="Tenants & keys")).to_be_visible()
+    expect(nav).to_be_hidden()
+    expect(page.get_by_role("cell", name="default", exact=True)).to_be_visible()  # the lists have loaded
+    expect(page.get_by_role("button", name="Create key")).to_be_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways ({width}px)"
+    page.screenshot(path=str(shots / "phone-tenants.png"), full_page=True)
