@@ -8,14 +8,21 @@ Screenshots of each panel go to the module's output folder; the overview's also 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
+import uvicorn
+from litestar import get
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
-from tests.conftest import ROOT_KEY
+from appliance.app import create_app
+from appliance.plugin import AdminPanel, hookimpl
+from tests.conftest import ROOT_KEY, make_settings
+from tests.peers import CHROMIUM_ARGS, START_TIMEOUT, find_tool, free_port, poll_until
 from tests.process import ApplianceProcess, run_appliance
 
 pytestmark = pytest.mark.peer("chromium")
@@ -23,6 +30,26 @@ pytestmark = pytest.mark.peer("chromium")
 ROOT_HEADERS = {"Authorization": f"Bearer {ROOT_KEY}"}
 CAPABILITY_PANELS = ["storage", "search", "jobs", "events", "realtime", "email", "payments"]
 OVERVIEW_SHOT = Path("/tmp/appliance-admin-overview.png")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium for this module only (shadows the session fixture of tests/peers.py).
+
+    The sync Playwright API keeps an event loop marked as running in the main thread for as long
+    as it lives; a session-wide browser would break every async test collected after this module.
+    """
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=find_tool("chromium"),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            timeout=START_TIMEOUT * 1000,
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +78,16 @@ class Session:
         self.page.get_by_role("navigation", name="Panels").get_by_role("link", name=re.compile(panel)).click()
 
 
-def _session(browser: Browser, appliance: ApplianceProcess, **context_args: object) -> Iterator[Session]:
+def _session(browser: Browser, base: str, **context_args: object) -> Iterator[Session]:
     context = browser.new_context(**context_args)  # type: ignore[arg-type]
     page = context.new_page()
-    session = Session(context, page, appliance.url)
+    session = Session(context, page, base)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
     def guard(route: Route) -> None:
         url = route.request.url
-        if url.startswith(f"{appliance.url}/") or url.startswith(("data:", "blob:", "about:")):
+        if url.startswith(f"{base}/") or url.startswith(("data:", "blob:", "about:")):
             route.continue_()
         else:
             session.outside.append(url)
@@ -77,12 +104,12 @@ def _session(browser: Browser, appliance: ApplianceProcess, **context_args: obje
 
 @pytest.fixture
 def ui(browser: Browser, appliance: ApplianceProcess) -> Iterator[Session]:
-    yield from _session(browser, appliance, viewport={"width": 1280, "height": 860})
+    yield from _session(browser, appliance.url, viewport={"width": 1280, "height": 860})
 
 
 @pytest.fixture
 def phone(browser: Browser, appliance: ApplianceProcess) -> Iterator[Session]:
-    yield from _session(browser, appliance, viewport={"width": 390, "height": 844}, is_mobile=True)
+    yield from _session(browser, appliance.url, viewport={"width": 390, "height": 844}, is_mobile=True)
 
 
 def test_sign_in_shows_the_overview(ui: Session, shots: Path) -> None:
@@ -215,3 +242,70 @@ def test_works_on_a_phone(phone: Session, shots: Path) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways ({width}px)"
     page.screenshot(path=str(shots / "phone-tenants.png"), full_page=True)
+
+
+# ---------------------------------------------------------------- plugin panels ---
+
+PANEL_JS = """
+export async function render(element, api) {
+  const { h, panelHeader } = api.ui;
+  const me = await api.get("/v1/whoami");
+  element.append(panelHeader("Hello panel", "contributed by a plugin"), h("p", { id: "hello" }, `tenant ${me.tenant}`));
+}
+"""
+
+
+class HelloPanelPlugin:
+    """A plugin that serves an ES module and contributes it as an admin panel."""
+
+    __name__ = "hello-panel"
+
+    @hookimpl
+    def appliance_admin_panels(self) -> list[AdminPanel]:
+        return [AdminPanel(id="hello", title="Hello", module_url="/plugins/hello/panel.js")]
+
+    @hookimpl
+    def appliance_route_handlers(self, ctx: Any) -> list[Any]:
+        @get(
+            "/plugins/hello/panel.js",
+            exclude_from_auth=True,
+            media_type="text/javascript",
+            sync_to_thread=False,
+        )
+        def panel() -> str:
+            return PANEL_JS
+
+        return [panel]
+
+
+@pytest.fixture(scope="module")
+def plugin_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app with an extra plugin object, served by uvicorn in a thread (a process cannot take one); its URL."""
+    settings = make_settings(tmp_path_factory.mktemp("admin-plugin") / "data")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, extra_plugins=[HelloPanelPlugin()]), port=port, log_config=None, ws="none"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    poll_until(lambda: server.started, timeout=20, what="uvicorn to start")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_plugin_panels_load_as_es_modules(browser: Browser, plugin_appliance: str, shots: Path) -> None:
+    for session in _session(browser, plugin_appliance, viewport={"width": 1280, "height": 860}):
+        session.sign_in()
+        expect(session.page.get_by_role("heading", name="Overview")).to_be_visible()
+        session.open("Plugins")
+        expect(session.page.get_by_role("cell", name="hello-panel")).to_be_visible()
+        session.page.get_by_role("navigation", name="Panels").get_by_role("link", name="Hello").click()
+        expect(session.page.get_by_role("heading", name="Hello panel")).to_be_visible()
+        expect(session.page.locator("#hello")).to_have_text("tenant default")
+        session.page.screenshot(path=str(shots / "plugin-panel.png"))
