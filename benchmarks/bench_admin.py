@@ -91,7 +91,6 @@ def main() -> None:
                     "DELETE /v1/keys/missing (a write)",
                     lambda c: c.delete("/v1/keys/missing", headers={"X-CSRF-Token": csrf}),
                     404,
-                    {},
                 ),
             ]
             for name, call, status in pairs:
