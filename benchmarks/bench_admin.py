@@ -71,7 +71,7 @@ def timed(label: str, call: Callable[[], httpx.Response], expect: int) -> float:
     median_ms = statistics.median(samples) * 1000
     p95_ms = statistics.quantiles(samples, n=20)[-1] * 1000
     print(
-        f"  {label:<44} median {median_ms:6.3f} ms   p95 {p95_ms:6.3f} ms   {ROUNDS / sum(samples):7.0f} req/s"
+        f"  {label:<58} median {median_ms:6.3f} ms   p95 {p95_ms:6.3f} ms   {ROUNDS / sum(samples):7.0f} req/s"
     )
     return median_ms
 
