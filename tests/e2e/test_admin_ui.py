@@ -7,7 +7,9 @@ Screenshots of each panel go to the module's output folder; the overview's also 
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,9 +55,13 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApplianceProcess]:
-    data = tmp_path_factory.mktemp("admin-ui") / "data"
-    with run_appliance(data, {"APPLIANCE_ROOT_KEY": ROOT_KEY, "APPLIANCE_RATE_LIMIT_PER_IP": ""}) as proc:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("admin-ui") / "data"
+
+
+@pytest.fixture(scope="module")
+def appliance(data_dir: Path) -> Iterator[ApplianceProcess]:
+    with run_appliance(data_dir, {"APPLIANCE_ROOT_KEY": ROOT_KEY, "APPLIANCE_RATE_LIMIT_PER_IP": ""}) as proc:
         yield proc
 
 
@@ -202,6 +208,52 @@ def test_requests_without_the_csrf_token_are_refused(ui: Session) -> None:
     )
     assert result[0] == 403 and "X-CSRF-Token" in result[1]
     assert ui.page.evaluate("fetch('/v1/tenants/csrf-probe').then(r => r.status)") == 404
+
+
+def test_an_expired_session_returns_to_sign_in(ui: Session, data_dir: Path) -> None:
+    ui.sign_in()
+    expect(ui.page.get_by_role("heading", name="Overview")).to_be_visible()
+    with sqlite3.connect(data_dir / "appliance.db") as db:  # 31 idle minutes later
+        db.execute("UPDATE admin_sessions SET last_seen_at = last_seen_at - 1860")
+    ui.open("Tenants")
+    expect(ui.page.get_by_role("heading", name="Sign in to the admin console")).to_be_visible()
+    expect(ui.page.get_by_role("status").filter(has_text="session has ended")).to_be_visible()
+    assert ui.page.evaluate("fetch('/v1/whoami').then(r => r.status)") == 401
+
+
+PATTERN_CASES = [
+    ({"type": ["user.created"]}, {"type": "user.created"}, True),
+    ({"type": ["user.created"]}, {"type": "user.deleted"}, False),
+    ({"type": [{"prefix": "user."}]}, {"type": "user.deleted"}, True),
+    ({"payload": {"plan": [{"anything-but": "free"}]}}, {"payload": {"plan": "pro"}}, True),
+    ({"payload": {"plan": [{"anything-but": ["free", "pro"]}]}}, {"payload": {"plan": "pro"}}, False),
+    ({"payload": {"n": [{"numeric": [">", 0, "<=", 5]}]}}, {"payload": {"n": 5}}, True),
+    ({"payload": {"n": [{"numeric": [">", 0, "<=", 5]}]}}, {"payload": {"n": 6}}, False),
+    ({"payload": {"n": [{"numeric": [">", 0]}]}}, {"payload": {"n": "7"}}, False),
+    ({"payload": {"email": [{"exists": True}]}}, {"payload": {"email": "a@b.c"}}, True),
+    ({"payload": {"email": [{"exists": False}]}}, {"payload": {"email": "a@b.c"}}, False),
+    ({"payload": {"email": [{"exists": False}]}}, {"payload": {}}, True),
+    ({"payload": {"tags": ["vip"]}}, {"payload": {"tags": ["new", "vip"]}}, True),
+    ({"source": ["users"], "type": ["user.created"]}, {"source": "billing", "type": "user.created"}, False),
+    ({"payload": {"user": {"country": ["FR", "DE"]}}}, {"payload": {"user": {"country": "DE"}}}, True),
+    ({"payload": {"user": {"country": ["FR"]}}}, {"payload": {"user": "DE"}}, False),
+]
+
+
+def test_the_rule_pattern_tester_matches_like_eventbridge(ui: Session) -> None:
+    ui.page.goto(f"{ui.base}/admin/")
+    verdicts = ui.page.evaluate(
+        """async (cases) => {
+            const { matches } = await import('/admin/patterns.js');
+            return cases.map(([pattern, event]) => matches(pattern, event));
+        }""",
+        [[pattern, event] for pattern, event, _ in PATTERN_CASES],
+    )
+    expected = [want for _, _, want in PATTERN_CASES]
+    wrong = [
+        json.dumps(case[:2]) for case, got, want in zip(PATTERN_CASES, verdicts, expected) if got != want
+    ]
+    assert not wrong, f"pattern tester disagrees on: {wrong}"
 
 
 def test_capability_panels_say_they_are_not_installed(ui: Session, shots: Path) -> None:
