@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, delete, get, post
@@ -12,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from appliance.admin.sessions import COOKIE, SessionStore, csrf_token
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
-from appliance.core.errors import Forbidden, Unauthorized
+from appliance.core.errors import Forbidden, Problem, Unauthorized
 from appliance.core.tenants import Principal
 
 __all__ = ["CAPABILITY_PATHS", "session_handlers"]
@@ -27,6 +28,10 @@ CAPABILITY_PATHS = {
     "notify": "/v1/email",
     "payments": "/v1/payments",
 }
+
+
+class UnsupportedMediaType(Problem):
+    status, slug = 415, "unsupported-media-type"
 
 
 class SignIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -70,6 +75,19 @@ class CapabilitiesView(msgspec.Struct):
     capabilities: list[CapabilityView]
 
 
+def _refuse_cross_site(request: Request[Any, Any, Any]) -> None:
+    # Login CSRF: another site must not sign a visitor's browser in to the attacker's session.
+    # Browsers send Origin on cross-origin POSTs; a plain form cannot send application/json.
+    origin = request.headers.get("origin")
+    public = urlsplit(request.app.state.ctx.settings.public_url).netloc
+    # Behind a proxy that rewrites Host, APPLIANCE_PUBLIC_URL names the origin browsers see.
+    allowed = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", ""), public} - {""}
+    if origin and urlsplit(origin).netloc not in allowed:
+        raise Forbidden(f"sign-in from another origin ({origin}) is refused")
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise UnsupportedMediaType("send the key as JSON: Content-Type: application/json")
+
+
 def _info(principal: Principal, session_id: str, expires_at: float) -> SessionInfo:
     return SessionInfo(
         tenant=principal.tenant,
@@ -94,6 +112,7 @@ def session_handlers(store: SessionStore, max_age: int) -> list[Any]:
     async def sign_in(
         ctx: AppContext, request: Request[Any, Any, Any], data: JSONBody[SignIn]
     ) -> Response[Any]:
+        _refuse_cross_site(request)
         principal = await ctx.keys.authenticate(data.key.strip())
         if principal is None:
             raise Unauthorized("this key is unknown, malformed or revoked")

@@ -60,6 +60,29 @@ async def test_sign_in_statuses(client: Client, body: dict[str, Any], status: in
 
 
 @pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Origin": "http://appliance.test.evil.example"}, 403),
+        ({"Origin": "http://appliance.test"}, 200),
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ],
+)
+async def test_sign_in_from_another_site_is_refused(
+    client: Client, headers: dict[str, str], status: int
+) -> None:
+    body = f'{{"key": "{ROOT_KEY}"}}'
+    response = await client.post(
+        SESSION, content=body, headers={"Content-Type": "application/json", **headers}
+    )
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert_problem(response, status)
+        assert COOKIE not in response.cookies
+
+
+@pytest.mark.parametrize(
     ("scopes", "status"), [(("storage",), 403), (("storage", "search"), 403), (("admin",), 200)]
 )
 async def test_only_admin_keys_sign_in(

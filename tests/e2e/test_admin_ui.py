@@ -32,6 +32,15 @@ pytestmark = pytest.mark.peer("chromium")
 ROOT_HEADERS = {"Authorization": f"Bearer {ROOT_KEY}"}
 CAPABILITY_PANELS = ["storage", "search", "jobs", "events", "realtime", "email", "payments"]
 OVERVIEW_SHOT = Path("/tmp/appliance-admin-overview.png")
+# Generous waits: the suite shares 2 cores with everything else; a wait returns as soon as it holds.
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patient_expect() -> Iterator[None]:
+    expect.set_options(timeout=WAIT_MS)
+    yield
+    expect.set_options(timeout=5_000)  # Playwright's default, for the modules that follow
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +95,7 @@ class Session:
 
 def _session(browser: Browser, base: str, **context_args: object) -> Iterator[Session]:
     context = browser.new_context(**context_args)  # type: ignore[arg-type]
+    context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     session = Session(context, page, base)
     errors: list[str] = []
