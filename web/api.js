@@ -40,7 +40,7 @@ export function createApi() {
 
     headers(method, extra = {}) {
       const headers = { Accept: "application/json", ...extra };
-      if (api.tenant && api.session?.is_root) headers["X-Tenant-ID"] = api.tenant;
+      if (api.tenant && api.isRoot) headers["X-Tenant-ID"] = api.tenant;
       if (!SAFE.has(method) && api.session) headers["X-CSRF-Token"] = api.session.csrf_token;
       return headers;
     },
@@ -118,6 +118,11 @@ export function createApi() {
         xhr.addEventListener("error", () => reject(new ApiError(0, "Network error", "the upload did not reach the appliance")));
         xhr.send(file);
       });
+    },
+
+    /** Whether the signed-in key is the root key (false once signed out, even mid-request). */
+    get isRoot() {
+      return Boolean(api.session?.is_root);
     },
 
     has(capability) {

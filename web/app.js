@@ -80,8 +80,8 @@ async function loadPlugins() {
 
 async function loadTenants() {
   const switcher = document.getElementById("tenant-switcher");
-  switcher.hidden = !api.session.is_root;
-  if (!api.session.is_root) return;
+  switcher.hidden = !api.isRoot;
+  if (!api.isRoot) return;
   const select = document.getElementById("tenant-select");
   const tenants = (await ui.attempt(null, () => api.all("/v1/tenants"))) || [];
   if (!tenants.some((t) => t.id === api.tenant)) api.tenant = "default";

@@ -41,7 +41,7 @@ function stat(label, value) {
 
 async function counts(api) {
   const [tenants, keys] = await Promise.all([
-    api.session.is_root ? attempt(null, () => api.all("/v1/tenants")) : Promise.resolve(null),
+    api.isRoot ? attempt(null, () => api.all("/v1/tenants")) : Promise.resolve(null),
     attempt(null, () => api.all("/v1/keys")),
   ]);
   const installed = CAPABILITIES.filter((c) => api.has(c)).length;
@@ -62,6 +62,7 @@ export async function render(el, api) {
     body.replaceChildren(errorBox(error));
       return;
     }
+    if (!api.session) return; // signed out (or the session ended) while this was in flight
     history.push(ready.roundTrip);
     while (history.length < 6) history.push((await readiness(api)).roundTrip); // a first trend, not a dot
     if (history.length > 30) history.shift();

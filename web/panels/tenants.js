@@ -115,8 +115,9 @@ function keysCard(api, rerender) {
 
 export async function render(el, api) {
   const draw = () => {
-    const who = api.session.is_root ? "The root key manages every tenant." : `This key administers tenant ${api.session.tenant}.`;
-    const cards = api.session.is_root ? [tenantsCard(api, draw), keysCard(api, draw)] : [keysCard(api, draw)];
+    if (!api.session) return;
+    const who = api.isRoot ? "The root key manages every tenant." : `This key administers tenant ${api.session.tenant}.`;
+    const cards = api.isRoot ? [tenantsCard(api, draw), keysCard(api, draw)] : [keysCard(api, draw)];
     el.replaceChildren(panelHeader("Tenants & keys", who), ...cards);
   };
   draw();
