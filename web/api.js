@@ -37,6 +37,20 @@ export function createApi() {
     session: null,
     tenant: null,
     capabilities: {},
+    inflight: 0,
+    onBusy: null,
+
+    /** Count a request in flight while `promise` settles, so the shell can show that work goes on. */
+    async track(promise) {
+      api.inflight += 1;
+      api.onBusy?.(api.inflight);
+      try {
+        return await promise;
+      } finally {
+        api.inflight -= 1;
+        api.onBusy?.(api.inflight);
+      }
+    },
 
     headers(method, extra = {}) {
       const headers = { Accept: "application/json", ...extra };
@@ -56,7 +70,7 @@ export function createApi() {
           init.headers["Content-Type"] = "application/json";
         }
       }
-      const response = await fetch(path, init);
+      const response = await api.track(fetch(path, init));
       if (!response.ok && !allow.includes(response.status)) {
         const error = await toError(response);
         if (response.status === 401 && api.onUnauthorized) api.onUnauthorized(error);
@@ -93,7 +107,7 @@ export function createApi() {
 
     /** PUT a file with upload progress (fetch cannot report it; XMLHttpRequest can). */
     upload(path, file, onProgress) {
-      return new Promise((resolve, reject) => {
+      return api.track(new Promise((resolve, reject) => {
         const xhr = new XMLHttpRequest();
         xhr.open("PUT", path);
         for (const [name, value] of Object.entries(api.headers("PUT"))) xhr.setRequestHeader(name, value);
@@ -117,7 +131,7 @@ export function createApi() {
         });
         xhr.addEventListener("error", () => reject(new ApiError(0, "Network error", "the upload did not reach the appliance")));
         xhr.send(file);
-      });
+      }));
     },
 
     /** Whether the signed-in key is the root key (false once signed out, even mid-request). */

@@ -205,6 +205,40 @@ function wire() {
   document.getElementById("signout").prepend(icon("signout", 16));
   window.addEventListener("hashchange", route);
   api.onUnauthorized = () => showSignIn("Your session has ended. Sign in again.");
+  wireBusy();
+}
+
+// While requests are in flight: a progress bar under the top bar (after 150 ms, so quick calls do
+// not flicker) and the submitted form's buttons disabled, so a slow action is not sent twice.
+function wireBusy() {
+  const bar = document.getElementById("busy");
+  let timer = null;
+  api.onBusy = (count) => {
+    if (count > 0 && !timer && bar.hidden) timer = setTimeout(() => (bar.hidden = false), 150);
+    if (count === 0) {
+      clearTimeout(timer);
+      timer = null;
+      bar.hidden = true;
+      for (const form of document.querySelectorAll("form[aria-busy=true]")) {
+        form.removeAttribute("aria-busy");
+        for (const b of form.querySelectorAll("button[data-busy]")) {
+          b.disabled = false;
+          delete b.dataset.busy;
+        }
+      }
+    }
+  };
+  document.getElementById("main").addEventListener("submit", (event) => {
+    const form = event.target;
+    setTimeout(() => {
+      if (!api.inflight) return; // the handler finished (or sent nothing) already
+      form.setAttribute("aria-busy", "true");
+      for (const b of form.querySelectorAll("button[type=submit]:not([disabled])")) {
+        b.disabled = true;
+        b.dataset.busy = "1";
+      }
+    });
+  });
 }
 
 async function boot() {
