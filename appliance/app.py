@@ -20,6 +20,7 @@ from litestar.stores.memory import MemoryStore
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__, ops
+from appliance.admin import install as install_admin
 from appliance.config import Settings, load_settings
 from appliance.core import api as core_api
 from appliance.core.auth import ApiKeyMiddleware
@@ -50,6 +51,7 @@ CAPABILITIES: list[Installer] = [
     install_search,
     install_payments,
     ops.install,
+    install_admin,  # last: it lists the capabilities installed before it
 ]
 
 _AUTH_EXCLUDE = ["^/schema"]

@@ -21,12 +21,15 @@ from litestar.types import Guard
 from appliance.core.errors import Forbidden, NotFound, Unprocessable
 from appliance.core.tenants import Principal, valid_tenant_id
 
-__all__ = ["ApiKeyMiddleware", "TokenVerifier", "requires", "root_only"]
+__all__ = ["ApiKeyMiddleware", "CredentialResolver", "TokenVerifier", "requires", "root_only"]
 
 TENANT_HEADER = "x-tenant-id"
 # A capability may accept its own short-lived tokens in ``?token=`` on WebSockets and on routes with
 # ``opt={"token_auth": True}`` (realtime does, for browsers, which cannot set headers there).
 TokenVerifier = Callable[[str], Awaitable[Principal | None]]
+# Other credentials for HTTP requests without a bearer key (the admin UI's session cookie): a resolver
+# returns the principal, ``None`` if the request carries none of its credential, or raises a Problem.
+CredentialResolver = Callable[[ASGIConnection[Any, Any, Any, Any]], Awaitable[Principal | None]]
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -58,6 +61,11 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         elif connection.query_params.get("token") and _accepts_tokens(connection):
             for verify in ctx.token_verifiers:
                 principal = await verify(connection.query_params["token"])
+                if principal is not None:
+                    break
+        elif connection.scope["type"] == ScopeType.HTTP:
+            for resolve in ctx.credential_resolvers:
+                principal = await resolve(connection)
                 if principal is not None:
                     break
         if principal is None and connection.scope["type"] == ScopeType.WEBSOCKET:

@@ -21,7 +21,7 @@ import msgspec
 import pluggy
 
 from appliance.config import ConfigError, Settings
-from appliance.core.auth import TokenVerifier
+from appliance.core.auth import CredentialResolver, TokenVerifier
 from appliance.core.db import Database, Migration
 from appliance.core.idempotency import IdempotencyStore
 from appliance.core.metrics import MetricsSource
@@ -68,6 +68,7 @@ class Context:
     migrations: list[Migration] = field(default_factory=lambda: list(MIGRATIONS))
     health: list[HealthCheck] = field(default_factory=list)
     token_verifiers: list[TokenVerifier] = field(default_factory=list)
+    credential_resolvers: list[CredentialResolver] = field(default_factory=list)
     metrics: list[MetricsSource] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)
     generated_root_key: str | None = None
