@@ -28,13 +28,15 @@ from appliance.core.deps import DEPENDENCIES
 from appliance.core.errors import exception_handlers
 from appliance.core.http_log import RequestLogMiddleware
 from appliance.core.ratelimit import rate_limit_middlewares
+from appliance.notify import install as install_notify
+from appliance.users import install as install_users
 
 __all__ = ["assemble", "create_app"]
 
 Installer = Callable[[Context], list[ControllerRouterHandler]]
 
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
-CAPABILITIES: list[Installer] = [core_api.install]
+CAPABILITIES: list[Installer] = [core_api.install, install_notify, install_users]
 
 _AUTH_EXCLUDE = ["^/schema"]
 
