@@ -110,4 +110,8 @@ def _captured(row: Row) -> CapturedEmail:
 
 def _part(message: EmailMessage, subtype: str) -> str:
     body = message.get_body(preferencelist=(subtype,))
-    return str(body.get_content()) if body is not None and body.get_content_subtype() == subtype else ""
+    return (
+        str(body.get_content()).replace("\r\n", "\n")
+        if body is not None and body.get_content_subtype() == subtype
+        else ""
+    )
