@@ -9,10 +9,14 @@ rendered output is capped here, so a template cannot make the box build an endle
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from appliance.core.errors import Unprocessable
@@ -29,11 +33,82 @@ class Rendered(NamedTuple):
     text: str
 
 
+# Iterations of ``range`` one render may make in total: nested loops cannot spin the event loop for minutes.
+MAX_RANGE_ITEMS = 200_000
+_WIDE_FIELD = re.compile(r"\d{6,}")  # a %-format or str.format width of 100000+ characters
+_range_budget: ContextVar[list[int]] = ContextVar("range_budget")
+
+
+def _bounded_range(*args: int) -> range:
+    items = range(*args)
+    budget = _range_budget.get([MAX_RANGE_ITEMS])
+    budget[0] -= len(items)
+    if budget[0] < 0:
+        raise SecurityError(f"the template loops more than {MAX_RANGE_ITEMS} times")
+    return items
+
+
+def _too_big(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_RENDERED
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, plus bounds on what can make a huge string or loop from a tiny template."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and right > 64:
+            raise SecurityError("exponents above 64 are refused in templates")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_RENDERED
+                ):
+                    raise SecurityError(f"a repeated sequence longer than {MAX_RENDERED} is refused")
+        if operator == "%" and isinstance(left, str) and _WIDE_FIELD.search(left):
+            raise SecurityError("format widths of 100000 or more are refused")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(_too_big(a) for a in (*args, *kwargs.values())):
+            raise SecurityError(f"numbers above {MAX_RENDERED} are refused as call arguments")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and _WIDE_FIELD.search(owner):
+            raise SecurityError("format widths of 100000 or more are refused")
+        return super().wrap_str_format(value)
+
+
 def _environment(autoescape: bool) -> SandboxedEnvironment:
     # StrictUndefined: a variable the data lacks is an error the caller sees (422), not a silent blank.
-    return SandboxedEnvironment(
-        autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
-    )
+    env = _Sandbox(autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.globals["range"] = _bounded_range
+    env.globals.pop("lipsum", None)  # generates text of any requested size
+    for name in ("center", "indent", "format", "wordwrap", "truncate"):
+        env.filters[name] = _sized(env.filters[name])
+    return env
+
+
+def _sized(filter_: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that refuses huge numeric arguments and wide %-formats before it allocates anything."""
+
+    @functools.wraps(filter_)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if any(_too_big(a) for a in (*args, *kwargs.values())):
+            raise SecurityError(f"numbers above {MAX_RENDERED} are refused as filter arguments")
+        if (
+            any(isinstance(a, str) and _WIDE_FIELD.search(a) for a in args[:1])
+            and filter_.__name__ == "do_format"
+        ):
+            raise SecurityError("format widths of 100000 or more are refused")
+        return filter_(*args, **kwargs)
+
+    return bounded
 
 
 class Renderer:
@@ -79,14 +154,17 @@ class Renderer:
 
     def _render(self, part: str, source: str, data: Mapping[str, Any], autoescape: bool) -> str:
         template = self._compile(part, source, autoescape)
+        budget = _range_budget.set([MAX_RANGE_ITEMS])
         try:
             return "".join(_bounded(template.generate(dict(data)), part))
-        except jinja2.exceptions.SecurityError as exc:
+        except SecurityError as exc:
             raise Unprocessable(f"template {part} was refused by the sandbox: {exc}") from None
         except jinja2.UndefinedError as exc:
             raise Unprocessable(f"template {part} needs data it was not given: {exc.message}") from None
         except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
             raise Unprocessable(f"template {part} failed to render: {type(exc).__name__}: {exc}") from None
+        finally:
+            _range_budget.reset(budget)
 
 
 def _bounded(chunks: Iterator[str], part: str) -> Iterator[str]:
