@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import JSONBody, Parameter
+from litestar.params import HeaderParameter, JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from litestar.types import ControllerRouterHandler
 
@@ -35,7 +35,7 @@ __all__ = ["ROUTES"]
 Id = Annotated[str, Parameter(max_length=64)]
 TemplateName = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
 BulkBody = Annotated[list[EmailRequest], msgspec.Meta(min_length=1, max_length=1000)]
-IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)]
 
 
 class PublicKey(msgspec.Struct):

@@ -149,6 +149,16 @@ class NotifyService:
             raise NotFound(f"template {name!r} does not exist; create it with PUT /v1/templates/{name}")
         return _template(row)
 
+    async def _template_or(
+        self, tenant: str, name: str, tx: Tx | None, fallback: TemplateIn | None
+    ) -> TemplateIn | Template:
+        try:
+            return await self.get_template(tenant, name, tx)
+        except NotFound:
+            if fallback is None:
+                raise
+            return fallback
+
     async def list_templates(self, tenant: str, limit: int, cursor: str | None) -> Page[Template]:
         after = decode_cursor(cursor, str) if cursor else ""
         rows = await self.db.fetchall(
@@ -167,13 +177,18 @@ class NotifyService:
 
     # ---------------------------------------------------------------- email ---
 
-    async def render(self, tenant: str, request: EmailRequest, tx: Tx | None = None) -> OutgoingEmail:
-        """Validate and render ``request`` into a message (not yet stored); 422 says what is wrong."""
+    async def render(
+        self, tenant: str, request: EmailRequest, tx: Tx | None = None, fallback: TemplateIn | None = None
+    ) -> OutgoingEmail:
+        """Validate and render ``request`` into a message (not yet stored); 422 says what is wrong.
+
+        ``fallback`` is used when the tenant has no template named ``request.template``.
+        """
         to = check_recipients([request.to] if isinstance(request.to, str) else list(request.to))
         if request.template is not None:
             if request.subject is not None or request.html is not None or request.text is not None:
                 raise Unprocessable("send either a template (with data) or subject/html/text, not both")
-            template = await self.get_template(tenant, request.template, tx)
+            template = await self._template_or(tenant, request.template, tx, fallback)
             subject, html, text = self.renderer.render(
                 template.subject, template.html, template.text, request.data
             )
@@ -192,20 +207,27 @@ class NotifyService:
         )
 
     async def send_email(
-        self, tenant: str, request: EmailRequest, *, tx: Tx | None = None, dedupe_key: str | None = None
+        self,
+        tenant: str,
+        request: EmailRequest,
+        *,
+        tx: Tx | None = None,
+        dedupe_key: str | None = None,
+        fallback: TemplateIn | None = None,
     ) -> EmailAccepted:
         """Accept one email: record it and schedule its delivery, atomically (inside ``tx`` if given).
 
         ``dedupe_key`` makes the call idempotent: a second call with the same key returns the first
-        email and sends nothing (event handlers, which run at least once, use it).
+        email and sends nothing (event handlers, which run at least once, use it). ``fallback`` is the
+        template to use when the tenant has not defined ``request.template`` (plugins ship defaults).
         """
         if tx is not None:
-            return await self._accept(tx, tenant, request, dedupe_key)
+            return await self._accept(tx, tenant, request, dedupe_key, fallback)
         async with self.db.transaction() as own:
-            return await self._accept(own, tenant, request, dedupe_key)
+            return await self._accept(own, tenant, request, dedupe_key, fallback)
 
     async def _accept(
-        self, tx: Tx, tenant: str, request: EmailRequest, dedupe_key: str | None, delay_s: float = 0.0
+        self, tx: Tx, tenant: str, request: EmailRequest, dedupe_key: str | None, fallback: TemplateIn | None
     ) -> EmailAccepted:
         if dedupe_key is not None:
             row = await tx.fetchone(
@@ -213,9 +235,9 @@ class NotifyService:
             )
             if row is not None:
                 return EmailAccepted(id=row["id"], status=row["status"])
-        message = await self.render(tenant, request, tx)
+        message = await self.render(tenant, request, tx, fallback)
         await self._insert_email(tx, message, request.template, dedupe_key)
-        await self.dispatch.submit(tx, tenant, [self._email_work(message.id, delay_s)])
+        await self.dispatch.submit(tx, tenant, [self._email_work(message.id, 0.0)])
         return EmailAccepted(id=message.id, status="queued")
 
     def _email_work(self, email_id: str, delay_s: float) -> Work:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import HeaderParameter, JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from litestar.types import ControllerRouterHandler
 
@@ -19,7 +19,7 @@ from appliance.users.service import UserService
 __all__ = ["ROUTES"]
 
 UserId = Annotated[str, Parameter(max_length=64)]
-IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)]
 
 
 def _users(ctx: AppContext) -> UserService:
