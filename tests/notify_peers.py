@@ -133,19 +133,27 @@ def _authenticator(login: str, password: str) -> Any:
 
 @dataclass
 class SmtpServer:
+    """One aiosmtpd server on a fixed port; each :meth:`start` runs a fresh controller (and event loop)."""
+
     port: int
     inbox: Inbox
-    controller: Controller
-    running: bool = False
+    options: dict[str, Any]
+    implicit_tls: ssl.SSLContext | None = None
+    controller: Controller | None = None
 
     def start(self) -> None:
+        self.controller = Controller(
+            self.inbox, hostname=HOST, port=self.port, ssl_context=self.implicit_tls, **self.options
+        )
         self.controller.start()
-        self.running = True
 
     def stop(self) -> None:
-        if self.running:
+        """Stop listening and drop every open session (clients see the connection go)."""
+        if self.controller is not None:
             self.controller.stop()
-            self.running = False
+            if not self.controller.loop.is_closed():
+                self.controller.loop.close()
+            self.controller = None
 
 
 @contextmanager
@@ -158,8 +166,6 @@ def smtp_server(
     implicit_tls: ssl.SSLContext | None = None,
 ) -> Iterator[SmtpServer]:
     """An aiosmtpd server on a free port, started now or later (``start=False``), always stopped."""
-    inbox = Inbox(refuse)
-    port = free_port()
     options: dict[str, Any] = {}
     if credentials is not None:
         # AUTH is required only behind TLS (aiosmtpd warns otherwise); in the clear it is offered and checked.
@@ -167,8 +173,7 @@ def smtp_server(
         options["auth_required"] = starttls is not None
     if starttls is not None:
         options.update(tls_context=starttls, require_starttls=True)
-    controller = Controller(inbox, hostname=HOST, port=port, ssl_context=implicit_tls, **options)
-    server = SmtpServer(port, inbox, controller)
+    server = SmtpServer(free_port(), Inbox(refuse), options, implicit_tls)
     try:
         if start:
             server.start()
@@ -272,7 +277,7 @@ def push_service() -> Iterator[PushService]:
             return None
 
     server = ThreadingHTTPServer((HOST, port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield service

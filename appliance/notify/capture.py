@@ -7,9 +7,7 @@ MIME and all, in the metadata DB, where ``GET /v1/email?to=`` and the admin UI s
 from __future__ import annotations
 
 import time
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from typing import Literal
 
 import msgspec
@@ -17,7 +15,7 @@ import msgspec
 from appliance.core.context import BackendStatus
 from appliance.core.db import Database, Row
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
-from appliance.notify.messages import OutgoingEmail, compose
+from appliance.notify.messages import OutgoingEmail, compose, parse
 
 __all__ = ["CaptureMailer", "CapturedEmail"]
 
@@ -52,8 +50,7 @@ class CaptureMailer:
         return None
 
     async def send(self, message: OutgoingEmail) -> str:
-        mime = compose(message)
-        raw = mime.as_bytes()
+        composed = compose(message)
         # A retry of the same email replaces its capture: delivery is at least once, the catcher shows it once.
         await self.db.execute(
             "INSERT OR REPLACE INTO email_captures (email_id, tenant_id, sender, recipients, subject, mime,"
@@ -64,11 +61,11 @@ class CaptureMailer:
                 message.sender,
                 msgspec.json.encode(message.to).decode(),
                 message.subject,
-                raw,
+                composed.data,
                 time.time(),
             ),
         )
-        return str(mime["Message-ID"])
+        return composed.message_id
 
     async def health(self) -> BackendStatus:
         return BackendStatus(
@@ -81,21 +78,21 @@ class CaptureMailer:
 
     async def list(self, tenant: str, to: str | None, limit: int, cursor: str | None) -> Page[CapturedEmail]:
         """The tenant's captured messages, newest first, optionally only those to ``to``."""
-        before = decode_cursor(cursor, str) if cursor else "\uffff"
-        sql = "SELECT * FROM email_captures WHERE tenant_id = ? AND email_id < ?"
+        # rowid order is capture order (a retried email's capture is replaced and moves to the front).
+        before = decode_cursor(cursor, int) if cursor else 2**63 - 1
+        sql = "SELECT rowid, * FROM email_captures WHERE tenant_id = ? AND rowid < ?"
         params: list[object] = [tenant, before]
         if to:
             sql += " AND EXISTS (SELECT 1 FROM json_each(recipients) WHERE lower(value) = lower(?))"
             params.append(to)
-        rows = await self.db.fetchall(sql + " ORDER BY email_id DESC LIMIT ?", (*params, limit + 1))
+        rows = await self.db.fetchall(sql + " ORDER BY rowid DESC LIMIT ?", (*params, limit + 1))
         items = [_captured(row) for row in rows[:limit]]
-        return Page(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
+        return Page(items=items, next_cursor=encode_cursor(rows[limit - 1]["rowid"]) if len(rows) > limit else None)
 
 
 def _captured(row: Row) -> CapturedEmail:
     raw = bytes(row["mime"])
-    parsed = message_from_bytes(raw, policy=default_policy)
-    assert isinstance(parsed, EmailMessage)
+    parsed = parse(raw)
     return CapturedEmail(
         id=row["email_id"],
         sender=row["sender"],

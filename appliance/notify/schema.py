@@ -52,7 +52,7 @@ MIGRATIONS = [
             mime BLOB NOT NULL,
             captured_at REAL NOT NULL
         );
-        CREATE INDEX email_captures_by_tenant ON email_captures (tenant_id, email_id);
+        CREATE INDEX email_captures_by_tenant ON email_captures (tenant_id);
         CREATE TABLE email_bulk_pace (
             tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
             next_at REAL NOT NULL

@@ -226,6 +226,25 @@ class NotifyService:
         async with self.db.transaction() as own:
             return await self._accept(own, tenant, request, dedupe_key, fallback)
 
+    async def send_template(
+        self,
+        tenant: str,
+        *,
+        to: str | list[str],
+        template: str,
+        data: dict[str, Any],
+        dedupe_key: str | None = None,
+        fallback: dict[str, str] | None = None,
+    ) -> str:
+        """:meth:`send_email` in plain data, for plugins: returns the email id.
+
+        ``fallback`` is ``{"subject", "html", "text"}`` sources used when the tenant has no ``template``.
+        """
+        default = msgspec.convert(fallback, TemplateIn) if fallback is not None else None
+        request = EmailRequest(to=to, template=template, data=data)
+        accepted = await self.send_email(tenant, request, dedupe_key=dedupe_key, fallback=default)
+        return accepted.id
+
     async def _accept(
         self, tx: Tx, tenant: str, request: EmailRequest, dedupe_key: str | None, fallback: TemplateIn | None
     ) -> EmailAccepted:

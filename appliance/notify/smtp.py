@@ -139,7 +139,7 @@ class SmtpMailer:
         return client
 
     async def send(self, message: OutgoingEmail) -> str:
-        mime = compose(message)
+        composed = compose(message)
         async with self._slots:
             for attempt in (1, 2):
                 try:
@@ -151,7 +151,7 @@ class SmtpMailer:
                         f"SMTP server {self.settings.display} unreachable: {exc}"
                     ) from None
                 try:
-                    await client.send_message(mime, sender=message.sender, recipients=message.to)
+                    await client.sendmail(message.sender, message.to, composed.data)
                 except _CONNECTION_ERRORS as exc:
                     await _quit(client)
                     if attempt == 2:
@@ -161,7 +161,7 @@ class SmtpMailer:
                     await _quit(client)
                     raise _classify(exc) from None
                 self._idle.append(client)
-                return str(mime["Message-ID"])
+                return composed.message_id
         raise MailerUnavailable("SMTP connection lost twice")  # pragma: no cover (the loop returns or raises)
 
     async def health(self) -> BackendStatus:

@@ -1,9 +1,9 @@
 """The signup flow as a plugin: ``user.created`` -> a welcome email, ``user.verified`` -> a confirmation.
 
-It uses one hook, ``appliance_event_handlers``, and the notify service every plugin can reach through
-the context. Each email uses the tenant's own template when it has one (``welcome``,
-``account-verified``: ``PUT /v1/templates/welcome``) and the defaults below otherwise; the template
-data is the event's payload. Event handlers run at least once, so each email carries a dedupe key
+It uses one hook, ``appliance_event_handlers``, and the notify service that every handler reaches
+through the context it is given (``ctx.services["notify"].send_template``). Each email uses the
+tenant's own template when it has one (``welcome``, ``account-verified``: ``PUT /v1/templates/welcome``)
+and the defaults below otherwise; the template data is the event's payload. Event handlers run at least once, so each email carries a dedupe key
 made from the event id: a handler that runs twice still sends one email.
 """
 
@@ -11,34 +11,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.notify import EmailRequest, TemplateIn
 from appliance.plugin import EventHandlerSpec, hookimpl
 
 __all__ = ["CONFIRMATION", "WELCOME", "send_confirmation", "send_welcome"]
 
-WELCOME = TemplateIn(
-    subject="Welcome, {{ name }}!",
-    html=(
+WELCOME = {
+    "subject": "Welcome, {{ name }}!",
+    "html": (
         "<p>Hello {{ name }},</p><p>Welcome aboard. To confirm this address, use the code</p>"
         "<p><b>{{ verification_token }}</b></p><p>It is valid for 48 hours.</p>"
     ),
-    text=(
+    "text": (
         "Hello {{ name }},\n\nWelcome aboard. To confirm this address, use the code\n\n"
         "    {{ verification_token }}\n\nIt is valid for 48 hours.\n"
     ),
-)
+}
 
-CONFIRMATION = TemplateIn(
-    subject="Your address is confirmed",
-    html="<p>Hello {{ name }},</p><p>Thank you: {{ email }} is now confirmed.</p>",
-    text="Hello {{ name }},\n\nThank you: {{ email }} is now confirmed.\n",
-)
+CONFIRMATION = {
+    "subject": "Your address is confirmed",
+    "html": "<p>Hello {{ name }},</p><p>Thank you: {{ email }} is now confirmed.</p>",
+    "text": "Hello {{ name }},\n\nThank you: {{ email }} is now confirmed.\n",
+}
 
 
-async def _send(ctx: Any, event: Any, template: str, fallback: TemplateIn) -> None:
-    notify = ctx.services["notify"]
-    request = EmailRequest(to=event.payload["email"], template=template, data=dict(event.payload))
-    await notify.send_email(event.tenant, request, dedupe_key=f"{template}:{event.id}", fallback=fallback)
+async def _send(ctx: Any, event: Any, template: str, fallback: dict[str, str]) -> None:
+    await ctx.services["notify"].send_template(
+        event.tenant,
+        to=event.payload["email"],
+        template=template,
+        data=dict(event.payload),
+        dedupe_key=f"{template}:{event.id}",  # at-least-once handlers, exactly one email
+        fallback=fallback,
+    )
 
 
 async def send_welcome(ctx: Any, event: Any) -> None:
