@@ -87,7 +87,9 @@ class CaptureMailer:
             params.append(to)
         rows = await self.db.fetchall(sql + " ORDER BY rowid DESC LIMIT ?", (*params, limit + 1))
         items = [_captured(row) for row in rows[:limit]]
-        return Page(items=items, next_cursor=encode_cursor(rows[limit - 1]["rowid"]) if len(rows) > limit else None)
+        return Page(
+            items=items, next_cursor=encode_cursor(rows[limit - 1]["rowid"]) if len(rows) > limit else None
+        )
 
 
 def _captured(row: Row) -> CapturedEmail:

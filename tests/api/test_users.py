@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -17,8 +16,7 @@ Client = AsyncTestClient[Litestar]
 
 async def events(app: Litestar, tenant: str = "default") -> list[tuple[str, dict[str, Any]]]:
     rows = await app.state.ctx.db.fetchall(
-        "SELECT e.type, e.payload FROM events e JOIN outbox o ON o.event_id = e.id WHERE e.tenant_id = ? ORDER BY e.id",
-        (tenant,),
+        "SELECT type, payload FROM events WHERE tenant_id = ? ORDER BY id", (tenant,)
     )
     return [(r["type"], msgspec.json.decode(r["payload"])) for r in rows]
 
@@ -73,21 +71,22 @@ async def test_idempotency_key_creates_one_user(client: Client, app: Litestar) -
     assert len(await events(app)) == 1
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "status"),
-    [
-        ("POST", "/v1/users", {"email": "not-an-email", "name": "x"}, 422),
-        ("POST", "/v1/users", {"email": "a@example.com\r\nBcc: x@y.z", "name": "x"}, 422),
-        ("POST", "/v1/users", {"email": "a@example.com"}, 422),
-        ("POST", "/v1/users", {"email": "a@example.com", "name": ""}, 422),
-        ("POST", "/v1/users", {"email": "a@example.com", "name": "x", "admin": True}, 422),
-        ("GET", "/v1/users/usr_nope", None, 404),
-        ("POST", "/v1/users/usr_nope/verify", {"token": "x"}, 404),
-        ("POST", "/v1/users/usr_nope/verify", {}, 422),
-    ],
-)
-async def test_bad_user_requests(client: Client, method: str, path: str, body: Any, status: int) -> None:
-    assert_problem(await client.request(method, path, json=body, headers=ROOT), status)
+BAD_REQUESTS = [  # (method, path, body, status)
+    ("POST", "/v1/users", {"email": "not-an-email", "name": "x"}, 422),
+    ("POST", "/v1/users", {"email": "a@example.com\r\nBcc: x@y.z", "name": "x"}, 422),
+    ("POST", "/v1/users", {"email": "a@example.com"}, 422),
+    ("POST", "/v1/users", {"email": "a@example.com", "name": ""}, 422),
+    ("POST", "/v1/users", {"email": "a@example.com", "name": "x", "admin": True}, 422),
+    ("GET", "/v1/users/usr_nope", None, 404),
+    ("POST", "/v1/users/usr_nope/verify", {"token": "x"}, 404),
+    ("POST", "/v1/users/usr_nope/verify", {}, 422),
+]
+
+
+async def test_bad_user_requests(client: Client, app: Litestar) -> None:
+    for method, path, body, status in BAD_REQUESTS:
+        assert_problem(await client.request(method, path, json=body, headers=ROOT), status)
+    assert await events(app) == []
 
 
 async def test_users_need_the_users_scope(client: Client, make_tenant: MakeTenant) -> None:
