@@ -19,16 +19,19 @@ from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from litestar.types import ControllerRouterHandler
 
-from appliance import __version__
+from appliance import __version__, ops
 from appliance.config import Settings, load_settings
 from appliance.core import api as core_api
 from appliance.core.auth import ApiKeyMiddleware
 from appliance.core.context import Context, Role, build_context
 from appliance.core.deps import DEPENDENCIES
 from appliance.core.errors import exception_handlers
-from appliance.core.http_log import RequestLogMiddleware
+from appliance.core.http_log import RequestLogMiddleware, stamp_request_id
+from appliance.core.metrics import http_metrics_middleware
 from appliance.core.ratelimit import rate_limit_middlewares
 from appliance.notify import install as install_notify
+from appliance.payments import install as install_payments
+from appliance.storage import install as install_storage
 from appliance.users import install as install_users
 
 __all__ = ["assemble", "create_app"]
@@ -36,7 +39,14 @@ __all__ = ["assemble", "create_app"]
 Installer = Callable[[Context], list[ControllerRouterHandler]]
 
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
-CAPABILITIES: list[Installer] = [core_api.install, install_notify, install_users]
+CAPABILITIES: list[Installer] = [
+    core_api.install,
+    install_storage,
+    install_payments,
+    install_notify,
+    install_users,
+    ops.install,
+]
 
 _AUTH_EXCLUDE = ["^/schema"]
 
@@ -77,10 +87,12 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[object]
         dependencies=DEPENDENCIES,
         middleware=[
             RequestLogMiddleware,
+            http_metrics_middleware(),
             *rate_limit_middlewares(settings),
             DefineMiddleware(ApiKeyMiddleware, exclude=_AUTH_EXCLUDE),
         ],
         exception_handlers=exception_handlers,
+        before_send=[stamp_request_id],
         openapi_config=_openapi(),
         state=State({"ctx": ctx}),
         lifespan=[lifespan],

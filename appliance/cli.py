@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import signal
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -14,6 +14,7 @@ import click
 from appliance import __version__
 from appliance.config import ConfigError, Settings, load_settings
 from appliance.core.context import Context, Role
+from appliance.core.http_log import configure_logging
 
 __all__ = ["cli", "main"]
 
@@ -33,11 +34,7 @@ def _settings(config_file: str | None, **overrides: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # aiosqlite's debug lines echo SQL parameters; keep them out of even a DEBUG log.
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _with_context(settings: Settings, role: Role, body: Callable[[Context], Awaitable[T]], start: bool) -> T:
@@ -212,6 +209,58 @@ def _run_or_explain(call: Callable[[], T]) -> T:
         return call()
     except Problem as exc:
         raise click.ClickException(exc.detail) from None
+
+
+@cli.command("backup")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@data_dir_option
+@config_option
+def backup_cmd(out: Path, data_dir: str | None, config_file: str | None) -> None:
+    """Back up the data dir to OUT (.tar.gz), safely while the appliance runs."""
+    from appliance.ops.backup import BackupError, backup
+
+    settings = _settings(config_file, data_dir=data_dir)
+    with _progress("backing up") as report:
+        try:
+            manifest = backup(settings.data_path, out, report)
+        except BackupError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"backup written to {out}: {len(manifest.files)} files, {manifest.total_bytes} bytes")
+
+
+@cli.command("restore")
+@click.argument("archive", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@data_dir_option
+@config_option
+def restore_cmd(archive: Path, data_dir: str | None, config_file: str | None) -> None:
+    """Restore ARCHIVE into an empty data dir, verifying every checksum."""
+    from appliance.ops.backup import BackupError, restore
+
+    settings = _settings(config_file, data_dir=data_dir)
+    with _progress("restoring") as report:
+        try:
+            manifest = restore(archive, settings.data_path, report)
+        except BackupError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {len(manifest.files)} files into {settings.data_path}; checksums verified")
+
+
+@contextlib.contextmanager
+def _progress(verb: str) -> Iterator[Callable[[str, int], None]]:
+    """Per-file progress on stderr: count, bytes so far, current file."""
+    done = {"files": 0, "bytes": 0}
+
+    def report(name: str, size: int) -> None:
+        done["files"] += 1
+        done["bytes"] += size
+        click.echo(
+            f"\r{verb}: {done['files']} files, {done['bytes'] / 1e6:.1f} MB  {name[-50:]:<50}",
+            err=True,
+            nl=False,
+        )
+
+    yield report
+    click.echo("", err=True)
 
 
 @cli.command()

@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     public_url: str = ""
     root_key: Annotated[str, msgspec.Meta(pattern=r"^(|\S{16,256})$")] = ""
     log_level: Annotated[str, msgspec.Meta(pattern="^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+    log_format: Annotated[str, msgspec.Meta(pattern="^(text|json)$")] = "text"
     plugins: str = "all"
     backends: str = ""
     storage_backend: str = ""
@@ -64,11 +65,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stripe_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = ""
+    stripe_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     storage_max_object_bytes: Annotated[int, msgspec.Meta(ge=1)] = 5 * 1024**3
     rate_limit_per_key: Rate | None = "1000/second"
     rate_limit_per_ip: Rate | None = "2000/second"
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024**2
     worker: bool = True
+    metrics_token: str = ""
+    backup_interval_hours: Annotated[float, msgspec.Meta(ge=0)] = 0
+    backup_dir: str = ""
+    backup_keep: Annotated[int, msgspec.Meta(ge=1)] = 7
 
     @property
     def data_path(self) -> Path:
@@ -107,6 +113,7 @@ _DOCS: dict[str, str] = {
     "public_url": "Base URL clients reach the appliance at (used in signed URLs); default http://HOST:PORT.",
     "root_key": "The root API key. Generated and printed once on first run when unset.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "log_format": "`text` for people, `json` (one object per line, with request ids) for log pipelines.",
     "plugins": "Comma-separated installed plugins to enable, `all` (default) or `none`.",
     "backends": "Plugin adapters for any port as `port=name,...` (the `*_BACKEND` settings win for theirs).",
     "storage_backend": "A plugin's storage adapter to use instead of the built-in choice (e.g. `aws-s3`).",
@@ -121,7 +128,7 @@ _DOCS: dict[str, str] = {
     "s3_secret_key": "S3 secret key.",
     "s3_region": "S3 region.",
     "s3_secure": "Use TLS to reach the S3 endpoint.",
-    "s3_bucket_prefix": "Prefix of the physical buckets the appliance creates.",
+    "s3_bucket_prefix": "The physical bucket the appliance keeps objects in (created if missing), one `<tenant>/` prefix per tenant.",
     "meili_url": "Meilisearch URL; full-text search moves there when set.",
     "meili_key": "Meilisearch API key.",
     "smtp_url": "`smtp://user:pass@host:port[?starttls=true]` or `smtps://...`; capture mode when unset.",
@@ -132,10 +139,15 @@ _DOCS: dict[str, str] = {
     "stripe_key": "Stripe secret key; payments answer 503 until set.",
     "stripe_webhook_secret": "Secret that verifies `Stripe-Signature` on webhooks.",
     "stripe_api_base": "Stripe API base URL (stripe-mock in tests).",
+    "stripe_timeout_s": "Seconds to wait for one Stripe call before retrying it (same idempotency key).",
     "storage_max_object_bytes": "Largest object accepted (413 past it), enforced while streaming.",
     "rate_limit_per_key": "Requests allowed per API key, `N/second|minute|hour|day`; empty or 0 disables.",
     "rate_limit_per_ip": "Requests allowed per client address, same format.",
     "max_request_body_bytes": "Largest JSON request body accepted (413 past it).",
+    "metrics_token": "Bearer token Prometheus sends to scrape `/metrics` (the root key works too).",
+    "backup_interval_hours": "Take a backup every N hours in the worker (0: off).",
+    "backup_dir": "Where scheduled backups go (default: DATA_DIR/backups).",
+    "backup_keep": "How many scheduled backups to keep.",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
 }
 

@@ -1,8 +1,9 @@
 """Real peer servers for the test suite (pytest plugin: ``pytest_plugins = ["tests.peers"]``).
 
-Every fixture here is session-scoped and starts a *real* server on a free loopback port in
+Each peer fixture is session-scoped and starts a *real* server on a free loopback port in
 its own temp dir, waits until it actually answers (polling with a deadline, never a blind
-sleep) and stops it at the end of the session, even when tests fail. A missing binary is a
+sleep) and stops it at the end of the session, even when tests fail. Only the Playwright
+handles (``browser``, ``async_browser``) are per test, on the one shared Chromium. A missing binary is a
 skip locally and a failure under ``CI=true``: CI must never go green by skipping peers.
 
 This module must not import ``appliance``: it has to work while the package is broken.
@@ -10,6 +11,7 @@ This module must not import ``appliance``: it has to work while the package is b
 
 from __future__ import annotations
 
+import inspect
 import os
 import shlex
 import shutil
@@ -19,15 +21,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple, NoReturn
 
 import pytest
+import pytest_asyncio
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from playwright.async_api import Browser as AsyncBrowser
+from playwright.async_api import async_playwright
 from playwright.sync_api import Browser, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
@@ -46,6 +51,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-breakpad",
 ]
 
 # Loopback peers must never be reached through an HTTP(S)_PROXY from the environment.
@@ -108,7 +114,7 @@ def poll_until(
         if check():
             return
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+            raise TimeoutError(f"{what} not reached within {timeout:g}s")
         time.sleep(0.05)
 
 
@@ -208,8 +214,11 @@ def running(
     try:
         try:
             poll_until(ready, START_TIMEOUT, f"{name} ready", proc)
+            error = None
         except (TimeoutError, RuntimeError) as exc:
-            peer.startup_failure(exc)
+            error = exc
+        if error is not None:  # outside the except: keeps the report free of chained tracebacks
+            peer.startup_failure(error)
         yield peer
     finally:
         peer.stop()
@@ -273,7 +282,10 @@ def minio_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioPeer]:
     argv = [exe, "server", str(workdir / "data"), "--address", f"{HOST}:{port}"]
     # Own certs dir so MinIO does not create ~/.minio on the developer's machine.
     argv += ["--console-address", f"{HOST}:{console_port}", "--certs-dir", str(workdir / "certs")]
-    health = f"http://{HOST}:{port}/minio/health/live"
+    # Not /minio/health/live: it answers 200 before the object layer is initialized, and S3
+    # calls then get 503 XMinioServerNotInitialized with a long Retry-After. /cluster is 200
+    # only once the server has write quorum, i.e. really serves S3.
+    health = f"http://{HOST}:{port}/minio/health/cluster"
     with running("minio", argv, workdir, lambda: http_ok(health), env) as proc:
         yield MinioPeer(f"{HOST}:{port}", access_key, secret_key, f"http://{HOST}:{console_port}", proc)
 
@@ -299,9 +311,9 @@ def stripe_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripePeer
     exe = find_tool("stripe-mock")
     workdir = tmp_path_factory.mktemp("stripe")
     port = free_port()
-    # Only -http-addr: with no -https* flag stripe-mock serves plain HTTP alone, which is
-    # what we want (its default without any flag is HTTP+HTTPS on fixed ports 12111/12112).
-    argv = [exe, "-http-addr", f"{HOST}:{port}"]
+    # stripe-mock always serves HTTPS too, on the fixed port 12112 unless told otherwise, so
+    # two runs at once would collide there. Park HTTPS on a unix socket in our temp dir.
+    argv = [exe, "-http-addr", f"{HOST}:{port}", "-https-unix", str(workdir / "https.sock")]
     with running("stripe-mock", argv, workdir, lambda: port_open(HOST, port)) as proc:
         yield StripePeer(HOST, port, proc)
 
@@ -323,8 +335,10 @@ class _RecordingHandler:
         self.arrived = threading.Condition()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # original_content is the undecoded message; content is only str if decode_data=True.
         raw = envelope.original_content or envelope.content or b""
-        mail = ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(raw))
+        data = raw.encode() if isinstance(raw, str) else bytes(raw)
+        mail = ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), data)
         with self.arrived:
             self.messages.append(mail)
             self.arrived.notify_all()
@@ -374,24 +388,72 @@ def smtp_peer() -> Iterator[SmtpPeer]:
 
 
 # ------------------------------------------------------------------ browser ---
+#
+# Why Chromium runs as its own process and Playwright connects over CDP per test, instead
+# of one session-scoped sync Playwright: between calls the sync API leaves its event loop
+# marked as *running* in the main thread (playwright/_impl/_greenlets.py, wait_for_future),
+# so every pytest-asyncio test that runs while it is alive fails with "Cannot run the event
+# loop while another loop is running". A function-scoped Playwright is stopped before the
+# next test starts; the costly part, Chromium itself, is still started once per session.
+
+
+@dataclass(frozen=True)
+class ChromiumPeer:
+    executable: str
+    port: int  # the DevTools (CDP) port
+    process: PeerProcess = field(repr=False)
+
+    @property
+    def cdp_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium driven by Playwright (sync API: use it from sync tests).
-
-    ``executable_path`` because ``playwright install`` cannot download browsers here.
-    """
+def chromium_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromiumPeer]:
+    """Headless Debian Chromium; ``playwright install`` cannot download browsers here."""
     exe = find_tool("chromium")
+    workdir = tmp_path_factory.mktemp("chromium")
+    port = free_port()
+    argv = [exe, "--headless", *CHROMIUM_ARGS, f"--user-data-dir={workdir / 'profile'}"]
+    argv += [f"--remote-debugging-address={HOST}", f"--remote-debugging-port={port}", "about:blank"]
+    version_url = f"http://{HOST}:{port}/json/version"
+    with running("chromium", argv, workdir, lambda: http_ok(version_url)) as proc:
+        yield ChromiumPeer(exe, port, proc)
+
+
+@pytest.fixture
+def browser(chromium_peer: ChromiumPeer, request: pytest.FixtureRequest) -> Iterator[Browser]:
+    """A sync Playwright ``Browser`` on the shared Chromium, for sync tests.
+
+    Contexts made with ``browser.new_context()`` are dropped at teardown.
+    """
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        pytest.fail("`browser` is the sync API: use `async_browser` in async tests", pytrace=False)
     with sync_playwright() as pw:
         try:
-            chromium = pw.chromium.launch(
-                executable_path=exe, headless=True, args=CHROMIUM_ARGS, timeout=START_TIMEOUT * 1000
+            connected = pw.chromium.connect_over_cdp(chromium_peer.cdp_url, timeout=START_TIMEOUT * 1000)
+        except PlaywrightError as exc:
+            chromium_peer.process.startup_failure(exc)
+        try:
+            yield connected
+        finally:
+            # Over CDP, close() drops this connection's contexts and leaves Chromium running.
+            with suppress(PlaywrightError):
+                connected.close()
+
+
+@pytest_asyncio.fixture
+async def async_browser(chromium_peer: ChromiumPeer) -> AsyncIterator[AsyncBrowser]:
+    """The async twin of ``browser``, on the test's own event loop."""
+    async with async_playwright() as pw:
+        try:
+            connected = await pw.chromium.connect_over_cdp(
+                chromium_peer.cdp_url, timeout=START_TIMEOUT * 1000
             )
         except PlaywrightError as exc:
-            pytest.fail(f"chromium ({exe}) failed to start: {exc}", pytrace=False)
+            chromium_peer.process.startup_failure(exc)
         try:
-            yield chromium
+            yield connected
         finally:
-            with suppress(PlaywrightError):  # already gone if it crashed; nothing left to close
-                chromium.close()
+            with suppress(PlaywrightError):
+                await connected.close()

@@ -9,6 +9,7 @@ import aiosmtplib
 import httpx
 import redis.asyncio as aioredis
 from minio import Minio
+from playwright.async_api import Browser as AsyncBrowser
 from playwright.sync_api import Browser
 
 from tests.peers import MinioPeer, RedisPeer, SmtpPeer, StripePeer
@@ -69,3 +70,13 @@ def test_browser_reads_h1(browser: Browser) -> None:
         assert page.locator("h1").inner_text() == "hi"
     finally:
         context.close()
+
+
+async def test_async_browser_reads_h1(async_browser: AsyncBrowser) -> None:
+    context = await async_browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto("data:text/html,<h1>hi</h1>")
+        assert await page.locator("h1").inner_text() == "hi"
+    finally:
+        await context.close()

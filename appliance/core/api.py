@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
+from litestar.datastructures import Headers
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from litestar.types import ControllerRouterHandler
@@ -13,7 +14,9 @@ from litestar.types import ControllerRouterHandler
 from appliance.core.auth import requires, root_only
 from appliance.core.context import BackendStatus, Context
 from appliance.core.deps import AppContext, Caller
-from appliance.core.errors import problem_response
+from appliance.core.errors import Unauthorized, problem_response
+from appliance.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from appliance.core.metrics import MetricFamily, authorized, render
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.core.tenants import SCOPES, ApiKey, CreatedKey, Tenant, TenantId
 
@@ -71,6 +74,25 @@ async def readyz(ctx: AppContext) -> Response[Any]:
             backends=msgspec.to_builtins(statuses),
         )
     return Response(Readiness(status="ready", backends=statuses), status_code=HTTP_200_OK)
+
+
+@get(
+    "/metrics",
+    exclude_from_auth=True,
+    tags=["health"],
+    summary="Prometheus metrics (metrics token or root key)",
+)
+async def metrics(ctx: AppContext, headers: Headers) -> Response[bytes]:
+    scheme, _, bearer = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not authorized(
+        bearer.strip(), ctx.settings.metrics_token, ctx.keys.is_root
+    ):
+        raise Unauthorized(
+            "send the metrics token (APPLIANCE_METRICS_TOKEN) or the root key as a bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    families = [family for source in ctx.metrics for family in await source()]
+    return Response(render(families), media_type=METRICS_CONTENT_TYPE)
 
 
 @get("/v1/whoami", tags=["identity"], summary="The calling key")
@@ -163,4 +185,26 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
     ctx.health.append(metadata)
     if ctx.settings.redis_url:
         ctx.health.append(lambda: redis_status(ctx.settings.redis_url))
-    return [healthz, readyz, whoami, TenantController, KeyController]
+
+    async def core_metrics() -> list[MetricFamily]:
+        counts = await ctx.db.fetchone(
+            "SELECT (SELECT count(*) FROM tenants) AS tenants,"
+            " (SELECT count(*) FROM api_keys WHERE revoked_at IS NULL) AS api_keys,"
+            " (SELECT count(*) FROM outbox) AS outbox"
+        )
+        assert counts is not None
+        return [
+            MetricFamily("appliance_tenants", "Tenants.", "gauge", [({}, counts["tenants"])]),
+            MetricFamily(
+                "appliance_api_keys", "Live (unrevoked) API keys.", "gauge", [({}, counts["api_keys"])]
+            ),
+            MetricFamily(
+                "appliance_outbox_depth",
+                "Events committed but not yet dispatched.",
+                "gauge",
+                [({}, counts["outbox"])],
+            ),
+        ]
+
+    ctx.metrics.append(core_metrics)
+    return [healthz, readyz, metrics, whoami, TenantController, KeyController]

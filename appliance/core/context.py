@@ -24,6 +24,7 @@ from appliance.config import ConfigError, Settings
 from appliance.core.auth import TokenVerifier
 from appliance.core.db import Database, Migration
 from appliance.core.idempotency import IdempotencyStore
+from appliance.core.metrics import MetricsSource
 from appliance.core.migrations import MIGRATIONS
 from appliance.core.outbox import OutboxSignal
 from appliance.core.tenants import KeyService, TenantService
@@ -67,6 +68,7 @@ class Context:
     migrations: list[Migration] = field(default_factory=lambda: list(MIGRATIONS))
     health: list[HealthCheck] = field(default_factory=list)
     token_verifiers: list[TokenVerifier] = field(default_factory=list)
+    metrics: list[MetricsSource] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)
     generated_root_key: str | None = None
     _job_handlers: dict[str, JobHandler] = field(default_factory=dict)

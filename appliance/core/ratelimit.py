@@ -8,11 +8,20 @@ problem+json with ``Retry-After``.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, cast
 
+import msgspec
 from litestar import Request
 from litestar.exceptions import TooManyRequestsException
-from litestar.middleware.rate_limit import DurationUnit, RateLimitConfig, RateLimitMiddleware
+from litestar.middleware.rate_limit import (
+    DURATION_VALUES,
+    CacheObject,
+    DurationUnit,
+    RateLimitConfig,
+    RateLimitMiddleware,
+)
+from litestar.stores.base import Store
 from litestar.types import Receive, Scope, Send
 
 from appliance.config import Settings
@@ -32,8 +41,29 @@ async def _has_bearer(request: Request[Any, Any, Any]) -> bool:
     return request.headers.get("authorization", "").lower().startswith("bearer ")
 
 
-class PerKeyRateLimit(RateLimitMiddleware):
-    """Limits each API key (distinct class name -> distinct counters from the per-address limit)."""
+class _CountingRateLimit(RateLimitMiddleware):
+    """Litestar's middleware, storing a count per window instead of a timestamp per request.
+
+    The stock middleware keeps a JSON list with one entry per request in the window and re-encodes
+    it on every request: O(limit) work per request, which halved throughput at realistic limits.
+    Only ``len()`` of that history is ever used, so a count (served as a ``range``) is equivalent.
+    """
+
+    async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:
+        duration = DURATION_VALUES[self.unit]
+        now = int(time.time())
+        cached = await store.get(key)
+        if cached:
+            count, reset = msgspec.json.decode(cached, type=tuple[int, int])
+            if reset > now:
+                return CacheObject(history=range(count), reset=reset)  # type: ignore[arg-type]
+        return CacheObject(history=[], reset=now + duration)
+
+    async def set_cached_history(self, key: str, cache_object: CacheObject, store: Store) -> None:
+        count = len(cache_object.history) + 1
+        cache_object.history = range(count)  # type: ignore[assignment]
+        expires_in = max(1, cache_object.reset - int(time.time()))
+        await store.set(key, msgspec.json.encode((count, cache_object.reset)), expires_in=expires_in)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -42,14 +72,12 @@ class PerKeyRateLimit(RateLimitMiddleware):
             raise _with_retry_after(exc) from None
 
 
-class PerAddressRateLimit(RateLimitMiddleware):
+class PerKeyRateLimit(_CountingRateLimit):
+    """Limits each API key (its own class name gives it counters apart from the per-address limit)."""
+
+
+class PerAddressRateLimit(_CountingRateLimit):
     """Limits each client address."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except TooManyRequestsException as exc:
-            raise _with_retry_after(exc) from None
 
 
 def _with_retry_after(exc: TooManyRequestsException) -> TooManyRequestsException:

@@ -1,0 +1,291 @@
+"""The server blob store: MinIO, or AWS S3 unchanged, through ``miniopy-async``.
+
+All tenants share one physical bucket (``APPLIANCE_S3_BUCKET_PREFIX``, created at start if missing);
+every object name is ``<tenant>/<name>``, built in one place (:meth:`S3BlobStore._object`) from a
+validated tenant id, so one tenant's calls cannot address another's objects.
+
+Uploads of unknown length go up as multipart uploads in 8 MiB parts, two in flight while the next
+is read, so memory stays around a few parts; a failed or oversized upload is aborted, leaving no
+object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
+after 24 hours; on AWS add an ``AbortIncompleteMultipartUpload`` lifecycle rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+from miniopy_async.api import Minio
+from miniopy_async.datatypes import Part
+from miniopy_async.deleteobjects import DeleteObject
+from miniopy_async.error import MinioException, S3Error
+from miniopy_async.helpers import DictType
+
+from appliance.config import ConfigError, Settings
+from appliance.core.context import BackendStatus
+from appliance.storage import BlobInfo, BlobNotFound, BlobPage, BlobStat, StorageUnavailable, check_blob_name
+
+__all__ = ["S3BlobStore"]
+
+PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
+_READ_CHUNK = 1024 * 1024
+_IN_FLIGHT = 2  # parts uploading while the next is read
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+
+
+class S3BlobStore:
+    """Blobs as S3 objects; see the module docstring."""
+
+    backend = "s3"
+    mode = "server"
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        region: str = "us-east-1",
+        secure: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self._timeout = timeout
+        self._client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+        )
+        self._bucket_ready = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3BlobStore:
+        if not _BUCKET.match(settings.s3_bucket_prefix):
+            raise ConfigError(
+                f"APPLIANCE_S3_BUCKET_PREFIX={settings.s3_bucket_prefix!r} is not a valid S3 bucket name:"
+                " use 3-63 lowercase letters, digits, dots and dashes"
+            )
+        return cls(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_bucket_prefix,
+            region=settings.s3_region,
+            secure=settings.s3_secure,
+        )
+
+    def _object(self, tenant: str, name: str) -> str:
+        check_blob_name(tenant, name)
+        return f"{tenant}/{name}"
+
+    def _unavailable(self, exc: BaseException) -> StorageUnavailable:
+        reason = exc.message if isinstance(exc, S3Error) else (str(exc) or type(exc).__name__)
+        return StorageUnavailable(
+            f"object storage (s3 at {self.endpoint}, bucket {self.bucket!r}) is unavailable: {reason}"
+        )
+
+    async def start(self) -> None:
+        # A session of our own: bounded connect/read timeouts, and no silent retries that would
+        # turn "MinIO is down" into a minute-long hang instead of a prompt 503.
+        timeout = aiohttp.ClientTimeout(connect=self._timeout, sock_read=self._timeout)
+        self._client.set_session(aiohttp.ClientSession(timeout=timeout, read_bufsize=_READ_CHUNK))
+        with contextlib.suppress(StorageUnavailable):
+            await self._ensure_bucket()
+
+    async def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        try:
+            if not await self._client.bucket_exists(self.bucket):
+                with contextlib.suppress(S3Error):  # another node created it first
+                    await self._client.make_bucket(self.bucket)
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        self._bucket_ready = True
+
+    async def close(self) -> None:
+        await self._client.close_session()  # type: ignore[no-untyped-call]
+
+    async def put(self, tenant: str, name: str, chunks: AsyncIterable[bytes]) -> BlobInfo:
+        key = self._object(tenant, name)
+        await self._ensure_bucket()
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        parts = _parts(chunks, digest)
+        try:
+            first = await anext(parts, b"")
+            second = await anext(parts, None)
+            if second is None:
+                size = len(first)
+                await self._client.put_object(self.bucket, key, io.BytesIO(first), size)
+            else:
+                size = await self._multipart(key, first, second, parts)
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            await parts.aclose()
+        return BlobInfo(size=size, etag=digest.hexdigest())
+
+    async def _multipart(self, key: str, first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> int:
+        # The client's own multipart steps (what its put_object uses), so that parts can upload
+        # concurrently and still be completed in part-number order.
+        client = self._client
+        headers: DictType = {"Content-Type": "application/octet-stream"}
+        upload_id = await client._create_multipart_upload(self.bucket, key, headers)
+        size = 0
+        in_flight: list[asyncio.Task[Part]] = []
+        done: list[Part] = []
+        try:
+            number = 0
+            part: bytes | None = first
+            upcoming: bytes | None = second
+            while part is not None:
+                number += 1
+                if len(in_flight) >= _IN_FLIGHT:
+                    done.append(await in_flight.pop(0))  # at most _IN_FLIGHT parts held while reading on
+                in_flight.append(asyncio.ensure_future(self._upload_part(key, upload_id, number, part)))
+                size += len(part)
+                part, upcoming = upcoming, (await anext(rest, None) if upcoming is not None else None)
+            done += [await task for task in in_flight]
+            await client._complete_multipart_upload(self.bucket, key, upload_id, done)
+        except BaseException:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(client._abort_multipart_upload(self.bucket, key, upload_id))
+            raise
+        return size
+
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
+        etag = await self._client._upload_part(self.bucket, key, io.BytesIO(data), None, upload_id, number)
+        return Part(number, etag)
+
+    async def get(
+        self, tenant: str, name: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        key = self._object(tenant, name)
+        if length == 0:
+            await self.head(tenant, name)
+            return _empty()
+        try:
+            response = await self._client.get_object(self.bucket, key, offset=offset, length=length or 0)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise BlobNotFound(name) from None
+            raise self._unavailable(exc) from exc
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        return _body(response)
+
+    async def head(self, tenant: str, name: str) -> BlobStat:
+        key = self._object(tenant, name)
+        try:
+            stat = await self._client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise BlobNotFound(name) from None
+            raise self._unavailable(exc) from exc
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        return BlobStat(size=int(stat.size or 0))
+
+    async def delete(self, tenant: str, name: str) -> bool:
+        key = self._object(tenant, name)
+        try:
+            await self._client.remove_object(self.bucket, key)
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        return True
+
+    async def list(
+        self, tenant: str, prefix: str = "", cursor: str | None = None, limit: int = 1000
+    ) -> BlobPage:
+        check_blob_name(tenant, "x")
+        base = f"{tenant}/"
+        names: list[str] = []
+        try:
+            await self._ensure_bucket()
+            listing = self._client.list_objects(
+                self.bucket,
+                prefix=base + prefix,
+                recursive=True,
+                start_after=base + cursor if cursor else None,
+            )
+            async for item in listing:
+                names.append(str(item.object_name)[len(base) :])
+                if len(names) > limit:
+                    break
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        page = names[:limit]
+        return BlobPage(names=page, next_cursor=page[-1] if len(names) > limit else None)
+
+    async def delete_tenant(self, tenant: str) -> int:
+        count = 0
+        cursor: str | None = None
+        while True:
+            page = await self.list(tenant, cursor=cursor, limit=1000)
+            if page.names:
+                await self._remove_many([self._object(tenant, n) for n in page.names])
+                count += len(page.names)
+            if page.next_cursor is None:
+                return count
+            cursor = page.next_cursor
+
+    async def _remove_many(self, keys: Sequence[str]) -> None:
+        try:
+            errors = [
+                e async for e in self._client.remove_objects(self.bucket, [DeleteObject(k) for k in keys])
+            ]
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        if errors:
+            raise StorageUnavailable(f"object storage (s3 at {self.endpoint}) refused to delete: {errors[0]}")
+
+    async def health(self) -> BackendStatus:
+        try:
+            await self._client.bucket_exists(self.bucket)
+        except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            detail = f"{self._unavailable(exc).detail}; check APPLIANCE_S3_ENDPOINT and that the server runs"
+            return BackendStatus(name="storage", backend="s3", mode="server", ok=False, detail=detail)
+        return BackendStatus(
+            name="storage", backend="s3", mode="server", ok=True, detail=f"{self.endpoint}/{self.bucket}"
+        )
+
+
+async def _parts(chunks: AsyncIterable[bytes], digest: Any) -> AsyncGenerator[bytes, None]:
+    """Regroup ``chunks`` into parts of at least ``PART_SIZE`` (the last may be shorter), hashing them."""
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        digest.update(chunk)
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= PART_SIZE:
+            yield b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            yield chunk
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise StorageUnavailable(f"object storage connection broke mid-download: {exc}") from exc
+    finally:
+        response.release()
+        response.close()
