@@ -29,6 +29,8 @@ from appliance.core.errors import exception_handlers
 from appliance.core.http_log import RequestLogMiddleware, stamp_request_id
 from appliance.core.metrics import http_metrics_middleware
 from appliance.core.ratelimit import rate_limit_middlewares
+from appliance.events import install as install_events
+from appliance.jobs import install as install_jobs
 from appliance.notify import install as install_notify
 from appliance.payments import install as install_payments
 from appliance.storage import install as install_storage
@@ -41,6 +43,8 @@ Installer = Callable[[Context], list[ControllerRouterHandler]]
 # Capabilities in dependency order: later ones may use services the earlier ones provide.
 CAPABILITIES: list[Installer] = [
     core_api.install,
+    install_jobs,
+    install_events,
     install_storage,
     install_payments,
     install_notify,

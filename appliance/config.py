@@ -75,6 +75,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backup_interval_hours: Annotated[float, msgspec.Meta(ge=0)] = 0
     backup_dir: str = ""
     backup_keep: Annotated[int, msgspec.Meta(ge=1)] = 7
+    job_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    job_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
+    event_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
     @property
     def data_path(self) -> Path:
@@ -149,6 +152,9 @@ _DOCS: dict[str, str] = {
     "backup_dir": "Where scheduled backups go (default: DATA_DIR/backups).",
     "backup_keep": "How many scheduled backups to keep.",
     "worker": "Run the job worker and event dispatcher inside `appliance run`.",
+    "job_concurrency": "Jobs one worker process runs at the same time.",
+    "job_retention_days": "Days a succeeded job's record is kept (failed and dead ones stay until retried).",
+    "event_retention_days": "Days events stay in the event log (`GET /v1/events`).",
 }
 
 

@@ -129,6 +129,34 @@ async def test_hook_appliance_event_handlers(settings: Settings) -> None:
         assert row is not None and row["visits"] == 1
 
 
+async def test_plugin_job_handler_runs_through_the_queue(tmp_path: Path) -> None:
+    from appliance.jobs import JobService
+
+    # No background worker: the test drains the queue itself, in its own event loop.
+    async with AsyncTestClient(create_app(make_settings(tmp_path, worker=False))) as client:
+        created = await client.post(
+            "/v1/queues/q/jobs", json={"type": "hello.echo", "payload": {"x": 1}}, headers=ROOT
+        )
+        assert created.status_code == 201, created.text
+        await client.app.state.ctx.service("jobs", JobService).drain()
+        job = (await client.get(f"/v1/queues/q/jobs/{created.json()['id']}", headers=ROOT)).json()
+        assert job["status"] == "succeeded" and job["result"] == {"x": 1}
+
+
+async def test_plugin_event_handler_runs_for_matching_events(tmp_path: Path) -> None:
+    from appliance.events import EventService
+
+    async with AsyncTestClient(create_app(make_settings(tmp_path, worker=False))) as client:
+        for event_type in ("hello.wave", "other.thing", "hello.bow"):
+            posted = await client.post(
+                "/v1/events", json={"source": "test", "type": event_type, "payload": {}}, headers=ROOT
+            )
+            assert posted.status_code == 202, posted.text
+        await client.app.state.ctx.service("events", EventService).drain()
+        # Two hello.* events counted, plus this visit.
+        assert (await client.get("/v1/hello", headers=ROOT)).json()["visits"] == 3
+
+
 async def test_hook_appliance_admin_panels(client: Client) -> None:
     ctx = client.app.state.ctx
     panels = [p for group in ctx.plugins.hook.appliance_admin_panels() for p in group]

@@ -22,6 +22,7 @@ from appliance.core.db import Database, Row, Tx
 from appliance.core.errors import NotFound, PayloadTooLarge, ServiceUnavailable, Unprocessable
 from appliance.core.ids import new_id
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
+from appliance.jobs import Backoff, JobService, NewJob, PermanentJobError
 from appliance.notify import (
     BulkAccepted,
     EmailAccepted,
@@ -61,7 +62,7 @@ EMAIL_QUEUE = "email"
 PUSH_QUEUE = "push"
 MAX_PUSH_PAYLOAD = 3800  # aes128gcm leaves ~3993 bytes of a push service's 4096; keep a margin
 PUSH_CONCURRENCY = 16
-_DONE_EMAIL = ("sent", "captured", "failed", "dead")
+MAX_RETRY_S = 600.0
 
 
 class Work(msgspec.Struct, kw_only=True):
@@ -96,10 +97,6 @@ class RetryLater(Exception):
     """A delivery attempt failed in a way worth retrying; the job queue retries it with backoff."""
 
 
-class GiveUp(Exception):
-    """A delivery failed for good; the job queue must not retry it."""
-
-
 class NotifyService:
     """Templates, emails and pushes of every tenant. Every method takes the tenant first."""
 
@@ -112,7 +109,6 @@ class NotifyService:
         self.pusher = pusher
         self.dispatch = dispatch
         self.renderer = Renderer()
-        self.give_up: type[Exception] = GiveUp
 
     # ------------------------------------------------------------ templates ---
 
@@ -154,9 +150,9 @@ class NotifyService:
     ) -> TemplateIn | Template:
         try:
             return await self.get_template(tenant, name, tx)
-        except NotFound:
-            if fallback is None:
-                raise
+        except NotFound as exc:
+            if fallback is None:  # the email request names it: unprocessable, not a missing route
+                raise Unprocessable(exc.detail) from None
             return fallback
 
     async def list_templates(self, tenant: str, limit: int, cursor: str | None) -> Page[Template]:
@@ -300,6 +296,8 @@ class NotifyService:
         Every message is validated and rendered first: one bad message rejects the whole batch (422
         naming its index) and nothing is queued.
         """
+        if not requests:
+            raise Unprocessable("send at least one message")
         messages: list[tuple[OutgoingEmail, str | None]] = []
         for index, request in enumerate(requests):
             try:
@@ -369,7 +367,7 @@ class NotifyService:
             message_id = await self.mailer.send(message)
         except MailRejected as exc:
             await self._finish_email(job.tenant, email_id, "failed", error=str(exc))
-            raise self.give_up(str(exc)) from None
+            raise PermanentJobError(str(exc)) from None
         except (MailerUnavailable, OSError, TimeoutError) as exc:
             last = job.attempt >= job.max_attempts
             await self._finish_email(job.tenant, email_id, "dead" if last else "queued", error=str(exc))
@@ -379,16 +377,14 @@ class NotifyService:
         return {"email_id": email_id, "status": status, "message_id": message_id}
 
     async def _claim_email(self, tenant: str, email_id: str) -> Row | None:
+        """Mark the email ``sending`` and count the attempt; ``None`` if it is finished or gone."""
         async with self.db.transaction() as tx:
-            row = await tx.fetchone("SELECT * FROM emails WHERE tenant_id = ? AND id = ?", (tenant, email_id))
-            if row is None or row["status"] in _DONE_EMAIL:
-                return None
-            await tx.execute(
+            return await tx.fetchone(
                 "UPDATE emails SET status = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE tenant_id = ? AND id = ?",
+                " WHERE tenant_id = ? AND id = ? AND status NOT IN ('sent', 'captured', 'failed', 'dead')"
+                " RETURNING *",
                 (time.time(), tenant, email_id),
             )
-        return row
 
     async def _finish_email(
         self,
@@ -652,6 +648,16 @@ def _push(row: Row) -> PushRecord:
     )
 
 
+def _register_rule_target(ctx: Context, service: NotifyService) -> None:
+    """Let event rules send email (``{"kind": "email", "template", "to"}``) when events are installed."""
+    from appliance.events import EventService
+    from appliance.notify.rules import EMAIL_RULE_JOB, EmailTarget
+
+    target = EmailTarget(service)
+    ctx.service("events", EventService).targets.register(target)
+    ctx.register_job_handler(EMAIL_RULE_JOB, target.handle)
+
+
 def make_mailer(ctx: Context) -> Mailer:
     """The mailer the settings pick: a plugin's (``APPLIANCE_MAIL_BACKEND``), SMTP, or capture."""
     chosen = ctx.plugin_backend("mail")
@@ -680,10 +686,12 @@ def install_service(ctx: Context) -> NotifyService:
     """Build the service on the configured adapters and wire it into the context."""
     ctx.migrations.extend(MIGRATIONS)
     mailer, pusher = make_mailer(ctx), make_pusher(ctx)
-    service = NotifyService(ctx.settings, ctx.db, mailer, pusher, _dispatch(ctx))
+    jobs = ctx.service("jobs", JobService)
+    service = NotifyService(ctx.settings, ctx.db, mailer, pusher, _JobQueueDispatch(jobs))
     ctx.provide("notify", service)
     ctx.register_job_handler(EMAIL_JOB, service.deliver_email)
     ctx.register_job_handler(PUSH_JOB, service.deliver_push)
+    _register_rule_target(ctx, service)
     ctx.health.append(mailer.health)
     ctx.health.append(pusher.health)
 
@@ -703,12 +711,21 @@ def install_service(ctx: Context) -> NotifyService:
 class _JobQueueDispatch:
     """Schedules deliveries as jobs of the ``jobs`` capability, inside the caller's transaction."""
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
 
     async def submit(self, tx: Tx, tenant: str, work: list[Work]) -> None:
-        raise ServiceUnavailable("jobs: the job queue is not installed, and email and push delivery need it")
-
-
-def _dispatch(ctx: Context) -> Dispatch:
-    return _JobQueueDispatch(ctx)
+        by_queue: dict[str, list[NewJob]] = {}
+        for item in work:
+            backoff = Backoff(initial_s=item.retry_s, factor=2.0, max_s=max(item.retry_s, MAX_RETRY_S))
+            job = NewJob(
+                type=item.type,
+                payload=item.payload,
+                job_id=item.job_id,
+                delay_s=item.delay_s,
+                max_attempts=item.max_attempts,
+                backoff=backoff,
+            )
+            by_queue.setdefault(item.queue, []).append(job)
+        for queue, jobs in by_queue.items():
+            await self._jobs.enqueue_bulk(tenant, queue, jobs, tx=tx)
