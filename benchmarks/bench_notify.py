@@ -1,6 +1,6 @@
 """Email throughput: N messages through the appliance vs. aiosmtplib sending directly, side by side.
 
-All three runs deliver to the same local aiosmtpd server (a sink that counts), in this process:
+All runs deliver to the same local aiosmtpd server (a sink that counts, in its own process):
 
 - ``raw aiosmtplib + EmailMessage``: one connection, N multipart/alternative messages composed with
   the standard library's ``EmailMessage`` (as a script sending mail directly would) and sent back to
@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import socket
 import tempfile
-import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -48,23 +48,59 @@ TEMPLATE = {
 }
 
 
-class Sink:
-    """Counts what the SMTP server accepts."""
+class _Counter:
+    """aiosmtpd handler counting accepted messages into a shared integer."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.changed = threading.Condition()
+    def __init__(self, count: Any) -> None:
+        self.count = count
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.changed:
-            self.count += 1
-            self.changed.notify_all()
+        with self.count.get_lock():
+            self.count.value += 1
         return "250 OK"
 
+
+def _serve(port: int, count: Any, stop: Any) -> None:
+    controller = Controller(_Counter(count), hostname="127.0.0.1", port=port)
+    controller.start()
+    stop.wait()
+    controller.stop()
+
+
+class Sink:
+    """The SMTP server, in its own process like a real one (so it does not share the GIL with the client)."""
+
+    def __init__(self, port: int) -> None:
+        self._count = multiprocessing.Value("q", 0)
+        self._stop = multiprocessing.Event()
+        self._process = multiprocessing.Process(
+            target=_serve, args=(port, self._count, self._stop), daemon=True
+        )
+        self._process.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the SMTP sink did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
     def wait_for(self, n: int, timeout: float = 120) -> None:
-        with self.changed:
-            if not self.changed.wait_for(lambda: self.count >= n, timeout):
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"only {self.count} of {n} messages arrived")
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._process.join(10)
 
 
 def free_port() -> int:
@@ -142,9 +178,8 @@ async def through_appliance(data_dir: Path, smtp_url: str, sink: Sink | None, co
 
 async def main(count: int) -> None:
     logging.disable(logging.WARNING)
-    sink, port = Sink(), free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
+    port = free_port()
+    sink = Sink(port)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             raw = await raw_smtp(port, sink, count, prebuilt=False)
@@ -152,7 +187,7 @@ async def main(count: int) -> None:
             smtp = await through_appliance(Path(tmp) / "smtp", f"smtp://127.0.0.1:{port}", sink, count)
             capture = await through_appliance(Path(tmp) / "capture", "", None, count)
     finally:
-        controller.stop()
+        sink.close()
     print(f"{count} messages, multipart/alternative, to a local aiosmtpd server")
     print(f"  raw aiosmtplib + EmailMessage       {raw:7.0f} msgs/s")
     print(f"  raw aiosmtplib, pre-built bytes     {floor:7.0f} msgs/s")
