@@ -353,7 +353,7 @@ class NotifyService:
         email_id = str(job.payload.get("email_id", ""))
         row = await self._claim_email(job.tenant, email_id)
         if row is None:
-            return {"email_id": email_id, "skipped": "already delivered, finished or deleted"}
+            return {"email_id": email_id, "skipped": "already delivered or deleted"}
         message = OutgoingEmail(
             id=row["id"],
             tenant=job.tenant,
@@ -377,11 +377,15 @@ class NotifyService:
         return {"email_id": email_id, "status": status, "message_id": message_id}
 
     async def _claim_email(self, tenant: str, email_id: str) -> Row | None:
-        """Mark the email ``sending`` and count the attempt; ``None`` if it is finished or gone."""
+        """Mark the email ``sending`` and count the attempt; ``None`` if it was delivered or is gone.
+
+        A ``dead`` or ``failed`` email is claimed again: its job only runs again when someone retried it
+        from the dead-letter list (``POST /v1/queues/email/dead/{id}/retry``).
+        """
         async with self.db.transaction() as tx:
             return await tx.fetchone(
                 "UPDATE emails SET status = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE tenant_id = ? AND id = ? AND status NOT IN ('sent', 'captured', 'failed', 'dead')"
+                " WHERE tenant_id = ? AND id = ? AND status NOT IN ('sent', 'captured')"
                 " RETURNING *",
                 (time.time(), tenant, email_id),
             )
@@ -504,8 +508,8 @@ class NotifyService:
         row = await self.db.fetchone(
             "SELECT * FROM pushes WHERE tenant_id = ? AND id = ?", (job.tenant, push_id)
         )
-        if row is None or row["status"] in ("sent", "failed", "dead"):
-            return {"push_id": push_id, "skipped": "already delivered, finished or deleted"}
+        if row is None or row["status"] == "sent":  # a dead push runs again only when retried by hand
+            return {"push_id": push_id, "skipped": "already delivered or deleted"}
         targets = await _targets(self.db, job.tenant, row["user_id"], row["topic"], push_id)
         slots = asyncio.Semaphore(PUSH_CONCURRENCY)
 

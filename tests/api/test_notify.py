@@ -319,6 +319,13 @@ async def test_smtp_down_past_the_limit_is_dead(tmp_path: Path) -> None:
             assert record["attempts"] == 3 and "unreachable" in record["error"]
             dead = (await client.get("/v1/queues/email/dead", headers=ROOT)).json()["items"]
             assert [job["id"] for job in dead] == [email_id]
+            # Retried from the dead-letter list once the server is back: delivered.
+            server.start()
+            retried = await client.post(f"/v1/queues/email/dead/{email_id}/retry", headers=ROOT)
+            assert retried.status_code in (200, 201, 202), retried.text
+            record = await wait_status(client, app, ROOT, email_id, "sent")
+            assert record["attempts"] == 4 and record["error"] is None
+            assert len(server.inbox.wait_for(1)) == 1
 
 
 async def test_smtp_refusal_fails_without_retrying(tmp_path: Path) -> None:
