@@ -124,8 +124,22 @@ class EmailController(Controller):
     tags=["notify"],
     summary="Queue up to 1000 emails, delivered at APPLIANCE_MAIL_BULK_RATE",
 )
-async def send_bulk(ctx: AppContext, principal: Caller, data: JSONBody[BulkBody]) -> BulkAccepted:
-    return await _notify(ctx).send_bulk(principal.tenant, list(data))
+async def send_bulk(
+    ctx: AppContext,
+    principal: Caller,
+    request: Request[Any, Any, Any],
+    data: JSONBody[BulkBody],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    service = _notify(ctx)
+
+    async def create(tx: Any) -> tuple[int, BulkAccepted]:
+        return HTTP_202_ACCEPTED, await service.send_bulk(principal.tenant, list(data), tx)
+
+    status, body = await idempotent(
+        ctx.idempotency, principal.tenant, "email:bulk", idempotency_key, await request.body(), create
+    )
+    return _json(status, body)
 
 
 class PushController(Controller):
@@ -160,8 +174,23 @@ class PushController(Controller):
         await _notify(ctx).unsubscribe(principal.tenant, sub_id)
 
     @post("/", status_code=HTTP_202_ACCEPTED, summary="Push to a user's or a topic's subscriptions -> 202")
-    async def push(self, ctx: AppContext, principal: Caller, data: JSONBody[PushRequest]) -> PushAccepted:
-        return await _notify(ctx).push(principal.tenant, data)
+    async def push(
+        self,
+        ctx: AppContext,
+        principal: Caller,
+        request: Request[Any, Any, Any],
+        data: JSONBody[PushRequest],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[bytes]:
+        service = _notify(ctx)
+
+        async def create(tx: Any) -> tuple[int, PushAccepted]:
+            return HTTP_202_ACCEPTED, await service.push(principal.tenant, data, tx)
+
+        status, body = await idempotent(
+            ctx.idempotency, principal.tenant, "push", idempotency_key, await request.body(), create
+        )
+        return _json(status, body)
 
     @get("/{push_id:str}", summary="A push's delivery counts and status")
     async def status(self, ctx: AppContext, principal: Caller, push_id: Id) -> PushRecord:

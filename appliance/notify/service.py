@@ -290,28 +290,32 @@ class NotifyService:
             ),
         )
 
-    async def send_bulk(self, tenant: str, requests: list[EmailRequest]) -> BulkAccepted:
+    async def send_bulk(
+        self, tenant: str, requests: list[EmailRequest], tx: Tx | None = None
+    ) -> BulkAccepted:
         """Accept many emails at once, delivered no faster than ``APPLIANCE_MAIL_BULK_RATE`` per tenant.
 
         Every message is validated and rendered first: one bad message rejects the whole batch (422
         naming its index) and nothing is queued.
         """
+        if tx is None:
+            async with self.db.transaction() as own:
+                return await self.send_bulk(tenant, requests, own)
         if not requests:
             raise Unprocessable("send at least one message")
         messages: list[tuple[OutgoingEmail, str | None]] = []
         for index, request in enumerate(requests):
             try:
-                messages.append((await self.render(tenant, request), request.template))
+                messages.append((await self.render(tenant, request, tx), request.template))
             except (Unprocessable, NotFound) as exc:
                 raise Unprocessable(f"message {index}: {exc.detail}") from None
         per_s = self._bulk_rate()
-        async with self.db.transaction() as tx:
-            start = await self._reserve_pace(tx, tenant, len(messages), per_s)
-            work: list[Work] = []
-            for index, (message, template) in enumerate(messages):
-                await self._insert_email(tx, message, template, None)
-                work.append(self._email_work(message.id, start + index / per_s))
-            await self.dispatch.submit(tx, tenant, work)
+        start = await self._reserve_pace(tx, tenant, len(messages), per_s)
+        work: list[Work] = []
+        for index, (message, template) in enumerate(messages):
+            await self._insert_email(tx, message, template, None)
+            work.append(self._email_work(message.id, start + index / per_s))
+        await self.dispatch.submit(tx, tenant, work)
         return BulkAccepted(ids=[m.id for m, _ in messages], rate_per_s=per_s)
 
     def _bulk_rate(self) -> float:

@@ -208,16 +208,17 @@ async def test_capture_listing_paginates_newest_first(client: Client, app: Lites
 
 async def test_bulk_is_paced_and_all_delivered(client: Client, app: Litestar, tmp_path: Path) -> None:
     messages = [{"to": f"user{i}@example.com", "subject": f"bulk {i}", "text": "t"} for i in range(6)]
-    accepted = await client.post("/v1/email:bulk", json=messages, headers=ROOT)
+    keyed = {**ROOT, "Idempotency-Key": "bulk-1"}
+    accepted = await client.post("/v1/email:bulk", json=messages, headers=keyed)
     assert accepted.status_code == 202, accepted.text
+    assert (await client.post("/v1/email:bulk", json=messages, headers=keyed)).json() == accepted.json()
     ids, rate = accepted.json()["ids"], accepted.json()["rate_per_s"]
     assert len(ids) == 6 and rate == 20.0  # the default APPLIANCE_MAIL_BULK_RATE
     for email_id in ids:
         await wait_status(client, app, ROOT, email_id, "captured")
-    captured = {
-        (m["to"][0], m["captured_at"]) for m in (await client.get("/v1/email", headers=ROOT)).json()["items"]
-    }
-    times = sorted(t for _, t in captured)
+    captured = (await client.get("/v1/email", headers=ROOT)).json()["items"]
+    assert len(captured) == 6  # the keyed repeat queued nothing
+    times = sorted(m["captured_at"] for m in captured)
     # Six messages at 20/s span at least 5/20 s: the later ones waited their turn.
     assert times[-1] - times[0] >= 5 / 20 - 0.01
 
@@ -363,8 +364,10 @@ async def test_web_push_end_to_end(client: Client, app: Litestar, pushes: PushSe
     )
     assert again.status_code == 200  # the same endpoint is one subscription
     body = {"user_id": "u1", "title": "Hello", "body": "World", "data": {"url": "/inbox"}}
-    accepted = await client.post("/v1/push", json=body, headers=ROOT)
+    keyed = {**ROOT, "Idempotency-Key": "push-1"}
+    accepted = await client.post("/v1/push", json=body, headers=keyed)
     assert accepted.status_code == 202 and accepted.json()["subscriptions"] == 2
+    assert (await client.post("/v1/push", json=body, headers=keyed)).json() == accepted.json()
     assert await deliver(app) == 1
     record = (await client.get(f"/v1/push/{accepted.json()['id']}", headers=ROOT)).json()
     assert (record["status"], record["delivered"], record["removed"], record["attempts"]) == ("sent", 1, 1, 1)
