@@ -1,7 +1,7 @@
 """The ``smtp`` mailer: any SMTP server, through aiosmtplib.
 
 ``APPLIANCE_SMTP_URL`` is ``smtp://[user:pass@]host[:port][?starttls=true]`` (port 25 by default, 587
-usual with STARTTLS) or ``smtps://...`` for implicit TLS (port 465 by default). ``?verify=false`` accepts
+with STARTTLS) or ``smtps://...`` for implicit TLS (port 465 by default). ``?verify=false`` accepts
 a self-signed certificate; ``?timeout=`` sets the per-command timeout in seconds (default 10).
 
 Connections are kept open and reused: a small pool of authenticated sessions serves consecutive
@@ -77,7 +77,7 @@ def parse_smtp_url(url: str) -> SmtpSettings:
         raise ConfigError("APPLIANCE_SMTP_URL: ?timeout= must be a number of seconds") from None
     return SmtpSettings(
         host=parts.hostname,
-        port=port or (465 if implicit else 25),
+        port=port or (465 if implicit else 587 if starttls else 25),
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         implicit_tls=implicit,

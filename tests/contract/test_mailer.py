@@ -212,6 +212,7 @@ async def test_smtp_starttls_and_implicit_tls(tmp_path: Path) -> None:
         ("smtp://mail.example.com", ("mail.example.com", 25, None, None, False, False, True)),
         ("smtp://u:p%40ss@mail:587?starttls=true", ("mail", 587, "u", "p@ss", False, True, True)),
         ("smtps://mail?verify=false", ("mail", 465, None, None, True, False, False)),
+        ("smtp://mail?starttls=1&timeout=2.5", ("mail", 587, None, None, False, True, True)),
     ],
 )
 def test_smtp_url_forms(url: str, expected: tuple[object, ...]) -> None:
