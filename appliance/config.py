@@ -138,7 +138,7 @@ _DOCS: dict[str, str] = {
     "mail_from": "Default sender address.",
     "mail_max_attempts": "Delivery attempts per email or push before it is dead-lettered.",
     "mail_retry_s": "First retry delay in seconds after a failed delivery; doubles each attempt (capped at 10 min).",
-    "mail_bulk_rate": "How fast `POST /v1/email:bulk` delivers per tenant, `N/second|minute|hour|day`; empty or 0: no limit.",
+    "mail_bulk_rate": "How fast `POST /v1/email:bulk` delivers per tenant, `N/unit` (second, minute, hour, day); empty or 0: no limit.",
     "stripe_key": "Stripe secret key; payments answer 503 until set.",
     "stripe_webhook_secret": "Secret that verifies `Stripe-Signature` on webhooks.",
     "stripe_api_base": "Stripe API base URL (stripe-mock in tests).",
