@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
@@ -22,7 +22,7 @@ from appliance.core.db import Database, Row, Tx
 from appliance.core.errors import NotFound, PayloadTooLarge, ServiceUnavailable, Unprocessable
 from appliance.core.ids import new_id
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
-from appliance.jobs import Backoff, JobService, NewJob, PermanentJobError
+from appliance.jobs import Backoff, Job, JobService, NewJob, PermanentJobError
 from appliance.notify import (
     BulkAccepted,
     EmailAccepted,
@@ -52,7 +52,7 @@ from appliance.notify.messages import (
 from appliance.notify.schema import MIGRATIONS
 from appliance.notify.templates import Renderer
 
-__all__ = ["EMAIL_JOB", "PUSH_JOB", "Dispatch", "NotifyService", "Work", "install_service"]
+__all__ = ["EMAIL_JOB", "EMAIL_QUEUE", "PUSH_JOB", "PUSH_QUEUE", "NotifyService", "install_service"]
 
 log = logging.getLogger("appliance.notify")
 
@@ -65,34 +65,6 @@ PUSH_CONCURRENCY = 16
 MAX_RETRY_S = 600.0
 
 
-class Work(msgspec.Struct, kw_only=True):
-    """One delivery to schedule: a job of ``type`` whose payload names the record to deliver."""
-
-    type: str
-    queue: str
-    payload: dict[str, Any]
-    job_id: str
-    max_attempts: int
-    retry_s: float
-    delay_s: float = 0.0
-
-
-class Dispatch(Protocol):
-    """Where deliveries are scheduled (the job queue); part of the caller's transaction."""
-
-    async def submit(self, tx: Tx, tenant: str, work: list[Work]) -> None:
-        """Schedule ``work`` durably as part of ``tx``; nothing runs before it commits."""
-
-
-class JobLike(Protocol):
-    """What a delivery handler needs from a job (``appliance.jobs.Job`` has it)."""
-
-    tenant: str
-    payload: dict[str, Any]
-    attempt: int
-    max_attempts: int
-
-
 class RetryLater(Exception):
     """A delivery attempt failed in a way worth retrying; the job queue retries it with backoff."""
 
@@ -101,13 +73,13 @@ class NotifyService:
     """Templates, emails and pushes of every tenant. Every method takes the tenant first."""
 
     def __init__(
-        self, settings: Settings, db: Database, mailer: Mailer, pusher: Pusher, dispatch: Dispatch
+        self, settings: Settings, db: Database, mailer: Mailer, pusher: Pusher, jobs: JobService
     ) -> None:
         self.settings = settings
         self.db = db
         self.mailer = mailer
         self.pusher = pusher
-        self.dispatch = dispatch
+        self.jobs = jobs
         self.renderer = Renderer()
 
     # ------------------------------------------------------------ templates ---
@@ -252,18 +224,20 @@ class NotifyService:
                 return EmailAccepted(id=row["id"], status=row["status"])
         message = await self.render(tenant, request, tx, fallback)
         await self._insert_email(tx, message, request.template, dedupe_key)
-        await self.dispatch.submit(tx, tenant, [self._email_work(message.id, 0.0)])
+        await self.jobs.enqueue(tenant, EMAIL_QUEUE, self._delivery(EMAIL_JOB, message.id), tx=tx)
         return EmailAccepted(id=message.id, status="queued")
 
-    def _email_work(self, email_id: str, delay_s: float) -> Work:
-        return Work(
-            type=EMAIL_JOB,
-            queue=EMAIL_QUEUE,
-            payload={"email_id": email_id},
-            job_id=email_id,
-            max_attempts=self.settings.mail_max_attempts,
-            retry_s=self.settings.mail_retry_s,
+    def _delivery(self, job_type: str, record_id: str, delay_s: float = 0.0) -> NewJob:
+        """The job that delivers one email or push: its id is the record's, so it is enqueued once."""
+        retry_s = self.settings.mail_retry_s
+        key = "email_id" if job_type == EMAIL_JOB else "push_id"
+        return NewJob(
+            type=job_type,
+            payload={key: record_id},
+            job_id=record_id,
             delay_s=delay_s,
+            max_attempts=self.settings.mail_max_attempts,
+            backoff=Backoff(initial_s=retry_s, factor=2.0, max_s=max(retry_s, MAX_RETRY_S)),
         )
 
     async def _insert_email(
@@ -311,11 +285,11 @@ class NotifyService:
                 raise Unprocessable(f"message {index}: {exc.detail}") from None
         per_s = self._bulk_rate()
         start = await self._reserve_pace(tx, tenant, len(messages), per_s)
-        work: list[Work] = []
+        jobs: list[NewJob] = []
         for index, (message, template) in enumerate(messages):
             await self._insert_email(tx, message, template, None)
-            work.append(self._email_work(message.id, start + index / per_s))
-        await self.dispatch.submit(tx, tenant, work)
+            jobs.append(self._delivery(EMAIL_JOB, message.id, start + index / per_s))
+        await self.jobs.enqueue_bulk(tenant, EMAIL_QUEUE, jobs, tx=tx)
         return BulkAccepted(ids=[m.id for m, _ in messages], rate_per_s=per_s)
 
     def _bulk_rate(self) -> float:
@@ -352,7 +326,7 @@ class NotifyService:
             )
         return await self.mailer.list(tenant, to, limit, cursor)
 
-    async def deliver_email(self, job: JobLike) -> dict[str, Any]:
+    async def deliver_email(self, job: Job) -> dict[str, Any]:
         """The ``email.send`` job handler: one attempt at one email."""
         email_id = str(job.payload.get("email_id", ""))
         row = await self._claim_email(job.tenant, email_id)
@@ -375,6 +349,14 @@ class NotifyService:
         except (MailerUnavailable, OSError, TimeoutError) as exc:
             last = job.attempt >= job.max_attempts
             await self._finish_email(job.tenant, email_id, "dead" if last else "queued", error=str(exc))
+            if last:
+                log.warning(
+                    "email %s (tenant %s) is dead after %d attempts: %s",
+                    email_id,
+                    job.tenant,
+                    job.attempt,
+                    exc,
+                )
             raise RetryLater(str(exc)) from None
         status = self.mailer.delivered_status
         await self._finish_email(job.tenant, email_id, status, message_id=message_id)
@@ -489,15 +471,7 @@ class NotifyService:
                 now,
             ),
         )
-        work = Work(
-            type=PUSH_JOB,
-            queue=PUSH_QUEUE,
-            payload={"push_id": push_id},
-            job_id=push_id,
-            max_attempts=self.settings.mail_max_attempts,
-            retry_s=self.settings.mail_retry_s,
-        )
-        await self.dispatch.submit(tx, tenant, [work])
+        await self.jobs.enqueue(tenant, PUSH_QUEUE, self._delivery(PUSH_JOB, push_id), tx=tx)
         return PushAccepted(id=push_id, status="queued", subscriptions=count)
 
     async def get_push(self, tenant: str, push_id: str) -> PushRecord:
@@ -506,7 +480,7 @@ class NotifyService:
             raise NotFound(f"push {push_id!r} does not exist")
         return _push(row)
 
-    async def deliver_push(self, job: JobLike) -> dict[str, Any]:
+    async def deliver_push(self, job: Job) -> dict[str, Any]:
         """The ``push.send`` job handler: send to every target subscription not yet done for this push."""
         push_id = str(job.payload.get("push_id", ""))
         row = await self.db.fetchone(
@@ -531,7 +505,7 @@ class NotifyService:
             raise RetryLater(f"{len(errors)} subscription(s) to retry: {errors[0]}")
         return {"push_id": push_id, "targets": len(results)}
 
-    async def _record_push(self, job: JobLike, row: Row, results: list[tuple[str, str]]) -> list[str]:
+    async def _record_push(self, job: Job, row: Row, results: list[tuple[str, str]]) -> list[str]:
         errors = [outcome for _, outcome in results if outcome.startswith("error: ")]
         done = [(sub_id, outcome) for sub_id, outcome in results if not outcome.startswith("error: ")]
         last = job.attempt >= job.max_attempts
@@ -695,7 +669,7 @@ def install_service(ctx: Context) -> NotifyService:
     ctx.migrations.extend(MIGRATIONS)
     mailer, pusher = make_mailer(ctx), make_pusher(ctx)
     jobs = ctx.service("jobs", JobService)
-    service = NotifyService(ctx.settings, ctx.db, mailer, pusher, _JobQueueDispatch(jobs))
+    service = NotifyService(ctx.settings, ctx.db, mailer, pusher, jobs)
     ctx.provide("notify", service)
     ctx.register_job_handler(EMAIL_JOB, service.deliver_email)
     ctx.register_job_handler(PUSH_JOB, service.deliver_push)
@@ -714,26 +688,3 @@ def install_service(ctx: Context) -> NotifyService:
     ctx.on_startup(start)
     ctx.on_shutdown(stop)
     return service
-
-
-class _JobQueueDispatch:
-    """Schedules deliveries as jobs of the ``jobs`` capability, inside the caller's transaction."""
-
-    def __init__(self, jobs: JobService) -> None:
-        self._jobs = jobs
-
-    async def submit(self, tx: Tx, tenant: str, work: list[Work]) -> None:
-        by_queue: dict[str, list[NewJob]] = {}
-        for item in work:
-            backoff = Backoff(initial_s=item.retry_s, factor=2.0, max_s=max(item.retry_s, MAX_RETRY_S))
-            job = NewJob(
-                type=item.type,
-                payload=item.payload,
-                job_id=item.job_id,
-                delay_s=item.delay_s,
-                max_attempts=item.max_attempts,
-                backoff=backoff,
-            )
-            by_queue.setdefault(item.queue, []).append(job)
-        for queue, jobs in by_queue.items():
-            await self._jobs.enqueue_bulk(tenant, queue, jobs, tx=tx)
