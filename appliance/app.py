@@ -33,6 +33,8 @@ from appliance.events import install as install_events
 from appliance.jobs import install as install_jobs
 from appliance.notify import install as install_notify
 from appliance.payments import install as install_payments
+from appliance.realtime import install as install_realtime
+from appliance.search import install as install_search
 from appliance.storage import install as install_storage
 from appliance.users import install as install_users
 
@@ -44,8 +46,10 @@ Installer = Callable[[Context], list[ControllerRouterHandler]]
 CAPABILITIES: list[Installer] = [
     core_api.install,
     install_jobs,
+    install_realtime,
     install_events,
     install_storage,
+    install_search,
     install_payments,
     install_notify,
     install_users,

@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     s3_bucket_prefix: str = "appliance"
     meili_url: str = ""
     meili_key: str = ""
+    meili_index_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,40}$")] = "appliance"
     smtp_url: str = ""
     mail_from: str = "appliance@localhost"
     mail_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
@@ -78,6 +79,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     job_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     job_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
     event_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    realtime_heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    realtime_idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    realtime_send_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
 
     @property
     def data_path(self) -> Path:
@@ -134,6 +138,7 @@ _DOCS: dict[str, str] = {
     "s3_bucket_prefix": "The physical bucket the appliance keeps objects in (created if missing), one `<tenant>/` prefix per tenant.",
     "meili_url": "Meilisearch URL; full-text search moves there when set.",
     "meili_key": "Meilisearch API key.",
+    "meili_index_prefix": "Prefix of the Meilisearch index uids (`<prefix>_<tenant>_<index>`), e.g. one per environment.",
     "smtp_url": "`smtp://user:pass@host:port[?starttls=true]` or `smtps://...`; capture mode when unset.",
     "mail_from": "Default sender address.",
     "mail_max_attempts": "Delivery attempts per email or push before it is dead-lettered.",
@@ -155,6 +160,9 @@ _DOCS: dict[str, str] = {
     "job_concurrency": "Jobs one worker process runs at the same time.",
     "job_retention_days": "Days a succeeded job's record is kept (failed and dead ones stay until retried).",
     "event_retention_days": "Days events stay in the event log (`GET /v1/events`).",
+    "realtime_heartbeat_s": "Seconds between realtime heartbeats: quiet WebSockets get a `ping` frame, registry entries are refreshed.",
+    "realtime_idle_timeout_s": "A WebSocket that sends nothing for this long is closed (code 4408).",
+    "realtime_send_queue": "Frames queued per WebSocket; a client that falls this far behind is dropped (code 4008).",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, WebSocketException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import Guard
@@ -24,8 +24,8 @@ from appliance.core.tenants import Principal, valid_tenant_id
 __all__ = ["ApiKeyMiddleware", "TokenVerifier", "requires", "root_only"]
 
 TENANT_HEADER = "x-tenant-id"
-# A capability may accept its own short-lived tokens in ``?token=`` (realtime does, for browsers,
-# which cannot set headers on a WebSocket handshake).
+# A capability may accept its own short-lived tokens in ``?token=`` on WebSockets and on routes with
+# ``opt={"token_auth": True}`` (realtime does, for browsers, which cannot set headers there).
 TokenVerifier = Callable[[str], Awaitable[Principal | None]]
 
 
@@ -35,6 +35,13 @@ def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def _accepts_tokens(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    # WebSockets, and HTTP routes that opt in (the realtime SSE stream: EventSource sets no headers).
+    return connection.scope["type"] == ScopeType.WEBSOCKET or bool(
+        connection.route_handler.opt.get("token_auth")
+    )
 
 
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
@@ -48,11 +55,14 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         secret = _bearer(connection)
         if secret is not None:
             principal = await ctx.keys.authenticate(secret)
-        elif connection.scope["type"] == ScopeType.WEBSOCKET and connection.query_params.get("token"):
+        elif connection.query_params.get("token") and _accepts_tokens(connection):
             for verify in ctx.token_verifiers:
                 principal = await verify(connection.query_params["token"])
                 if principal is not None:
                     break
+        if principal is None and connection.scope["type"] == ScopeType.WEBSOCKET:
+            # Close the handshake with 4401 (a plain HTTP error would surface as a generic 4500).
+            raise WebSocketException(detail="missing, invalid or expired key or token", code=4401)
         if principal is None:
             raise NotAuthorizedException(
                 "missing, invalid or revoked API key: send 'Authorization: Bearer <key>'",

@@ -350,22 +350,36 @@ async def test_job_target_and_in_process_handlers(
 async def test_channel_target_uses_the_realtime_service(
     client: Client, app: Litestar, make_tenant: MakeTenant
 ) -> None:
+    # The Realtime stand-in replaces the real hub so the test can read what was sent; the real
+    # path (rule -> channel -> WebSocket) runs in tests/e2e/test_event_channel.py.
     headers = await make_tenant("acme", ("events", "jobs"))
     target = {"kind": "channel", "name": "orders", "backoff": FAST, "max_attempts": 2}
     rule = {"name": "live", "pattern": {"type": ["order.shipped"]}, "targets": [target]}
     assert (await client.post("/v1/rules", json=rule, headers=headers)).status_code == 201
+    realtime = Realtime()
+    ctx_of(app).provide("realtime", realtime)
     await client.post(
         "/v1/events", json={"source": "shop", "type": "order.shipped", "payload": {"n": 1}}, headers=headers
     )
-    await events_of(app).drain()  # no realtime service yet: the delivery fails, retries, is dead-lettered
-    [dead] = (await client.get("/v1/queues/events/dead", headers=headers)).json()["items"]
-    assert "realtime service is not available" in dead["error"]
-    realtime = Realtime()
-    ctx_of(app).provide("realtime", realtime)
-    await client.post(f"/v1/queues/events/dead/{dead['id']}/retry", headers=headers)
     await events_of(app).drain()
     [(tenant, channel, data, event)] = realtime.sent
     assert (tenant, channel, event) == ("acme", "orders", "order.shipped") and data["payload"] == {"n": 1}
+
+
+async def test_channel_target_without_a_realtime_service_is_retried_then_dead(
+    client: Client, app: Litestar, make_tenant: MakeTenant
+) -> None:
+    headers = await make_tenant("acme", ("events", "jobs"))
+    target = {"kind": "channel", "name": "orders", "backoff": FAST, "max_attempts": 2}
+    rule = {"name": "live", "pattern": {"type": ["order.shipped"]}, "targets": [target]}
+    assert (await client.post("/v1/rules", json=rule, headers=headers)).status_code == 201
+    ctx_of(app).services.pop("realtime")
+    await client.post(
+        "/v1/events", json={"source": "shop", "type": "order.shipped", "payload": {}}, headers=headers
+    )
+    await events_of(app).drain()
+    [dead] = (await client.get("/v1/queues/events/dead", headers=headers)).json()["items"]
+    assert "realtime service is not available" in dead["error"]
 
 
 async def test_events_emitted_in_a_transaction_are_delivered_with_it(

@@ -1,0 +1,608 @@
+"""The hub: live WebSocket connections of this node, their channels, and fan-out through Litestar channels.
+
+Every logical channel of a tenant maps to one physical channel ``appliance:rt:t:<tenant>:<channel>``
+of the channels backend, so no name a client picks can reach another tenant. The node subscribes to
+a physical channel once, while at least one of its connections listens; each published message is
+decoded once, encoded once, and queued to every matching local connection without waiting: each
+connection has a bounded send queue drained by its own task, and a connection whose queue is full is
+closed (code 4008) instead of slowing anyone else down.
+
+A published payload is ``<filter JSON or null>\\n<frame JSON>``: nodes read the filter, and pass the
+frame bytes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket as _socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, cast
+
+import anyio
+import msgspec
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.base import ChannelsBackend
+from litestar.channels.backends.memory import MemoryChannelsBackend
+from litestar.channels.subscriber import Subscriber
+from litestar.connection import WebSocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.types import WebSocketSendEvent
+from redis.exceptions import RedisError
+
+from appliance.core.context import BackendStatus, Context
+from appliance.core.errors import ServiceUnavailable, Unprocessable
+from appliance.core.ids import new_id
+from appliance.realtime import (
+    BroadcastFilter,
+    ConnectionRecord,
+    ConnectionRegistry,
+    valid_channel,
+)
+from appliance.realtime.tokens import TokenSigner
+
+__all__ = ["CloseCode", "Frame", "Hub", "LiveConnection", "build_hub", "physical_channel"]
+
+log = logging.getLogger("appliance.realtime")
+
+PHYSICAL_PREFIX = "appliance:rt:t:"
+CONTROL_CHANNEL = "appliance:rt:control"  # never a tenant channel: those all start with PHYSICAL_PREFIX
+MAX_FRAME_BYTES = 64 * 1024
+MAX_CHANNELS_PER_CONNECTION = 100
+EVENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class CloseCode:
+    """WebSocket close codes the appliance uses (4000-4999 are the application's own)."""
+
+    GOING_AWAY = 1001  # the node is shutting down: reconnect (to any node)
+    INTERNAL = 1011  # the connection registry (Redis) is down
+    SLOW_CONSUMER = 4008  # the send queue filled up: the client did not read fast enough
+    UNAUTHORIZED = 4401  # handshake refused: missing, invalid, forged or expired key or token
+    FORBIDDEN = 4403  # handshake refused: the key lacks the realtime scope
+    TENANT_GONE = 4404  # the tenant was deleted
+    IDLE = 4408  # nothing received for the idle timeout
+    INVALID = 4422  # handshake refused: bad user_id or tags query parameters
+
+
+def physical_channel(tenant: str, channel: str) -> str:
+    """The backend channel for a tenant's logical channel; the tenant is always part of it."""
+    return f"{PHYSICAL_PREFIX}{tenant}:{channel}"
+
+
+class Frame(msgspec.Struct):
+    """A server frame: ``channel`` is null for frames about the connection itself."""
+
+    channel: str | None
+    event: str
+    data: Any
+    id: str
+
+
+class ClientFrame(msgspec.Struct, forbid_unknown_fields=True):
+    op: Literal["subscribe", "unsubscribe", "publish", "ping", "pong"]
+    channel: str | None = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    event: str = "message"
+    ref: str | int | None = None
+
+
+class _Command(msgspec.Struct):
+    """A message on the control channel, for every node."""
+
+    kick_tenant: str
+
+
+class FrameError(Exception):
+    """A client frame the hub refuses; answered with an ``error`` frame, the connection stays open."""
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_frame = msgspec.json.Decoder(ClientFrame).decode
+_decode_filter = msgspec.json.Decoder(BroadcastFilter | None).decode
+_decode_command = msgspec.json.Decoder(_Command).decode
+
+
+def _frame(channel: str | None, event: str, data: Any) -> str:
+    return _encode(Frame(channel=channel, event=event, data=data, id=new_id("msg"))).decode()
+
+
+class LiveConnection:
+    """One accepted WebSocket on this node, with its bounded send queue."""
+
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any] | None, record: ConnectionRecord, queue_size: int
+    ) -> None:
+        self.socket = socket
+        self.record = record
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self.last_seen = time.monotonic()
+        self.closing: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+
+    def offer(self, text: str) -> bool:
+        """Queue a frame without ever waiting; a full queue closes the connection (slow consumer)."""
+        if self.closing.done():
+            return False
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.kick(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full")
+            return False
+        return True
+
+    def kick(self, code: int, reason: str) -> None:
+        """Ask the connection's handler to close it with ``code``."""
+        if not self.closing.done():
+            self.closing.set_result((code, reason))
+
+    async def send_loop(self) -> None:
+        assert self.socket is not None
+        send = self.socket.send  # the ASGI send (wrapped by Litestar only to track disconnects)
+        while True:
+            text = await self.queue.get()
+            event: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": text}
+            await send(event)
+
+
+class Hub:
+    """Connections, channels and broadcast for one node. Implements ``Broadcaster``."""
+
+    def __init__(
+        self,
+        plugin: ChannelsPlugin,
+        registry: ConnectionRegistry,
+        tokens: TokenSigner,
+        *,
+        backend: str,
+        send_queue: int,
+        heartbeat_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self.plugin = plugin
+        self.registry = registry
+        self.tokens = tokens
+        self.backend = backend
+        self.node = f"{_socket.gethostname()}-{os.getpid()}-{new_id()[-4:]}"
+        self.send_queue = send_queue
+        self.heartbeat_s = heartbeat_s
+        self.idle_timeout_s = idle_timeout_s
+        self.record_ttl_s = max(3 * heartbeat_s, 5.0)
+        self._local: dict[str, LiveConnection] = {}
+        self._members: dict[str, set[LiveConnection]] = {}
+        self._pumps: dict[str, tuple[Subscriber, asyncio.Task[None]]] = {}
+        self._lock = asyncio.Lock()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._emptied = asyncio.Event()
+
+    # ---------------------------------------------------------------- lifecycle ---
+
+    async def start(self) -> None:
+        await self.plugin.__aenter__()
+        try:
+            await self._listen_for_commands()
+        except (RedisError, OSError) as exc:
+            log.warning("realtime: redis is unavailable (%s); will retry at every heartbeat", exc)
+        self._heartbeat = asyncio.create_task(self._beat_forever())
+
+    async def _listen_for_commands(self) -> None:
+        # Node-to-node commands (close a deleted tenant's connections everywhere) share the backend.
+        if CONTROL_CHANNEL not in self._pumps:
+            control = await self._backend_subscribe(CONTROL_CHANNEL)
+            self._pumps[CONTROL_CHANNEL] = (control, asyncio.create_task(self._obey(control)))
+
+    async def _backend_subscribe(self, physical: str) -> Subscriber:
+        try:
+            return await self.plugin.subscribe(physical)
+        except (RedisError, OSError):
+            # The plugin records the subscriber before asking the backend; forget it, or the next
+            # attempt would believe the node already listens and never subscribe again.
+            for orphan in list(self.plugin._channels.get(physical, ())):
+                with contextlib.suppress(RedisError, OSError):
+                    await self.plugin.unsubscribe(orphan, physical)
+            raise
+
+    async def stop(self) -> None:
+        self._emptied.clear()
+        for conn in list(self._local.values()):
+            conn.kick(CloseCode.GOING_AWAY, "server shutting down")
+        if self._local:
+            # Give the handlers a moment to close their sockets and leave their channels.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), 3)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for subscriber, task in list(self._pumps.values()):
+            task.cancel()
+            with contextlib.suppress(RedisError, OSError):  # shutting down anyway
+                await self.plugin.unsubscribe(subscriber)
+        self._pumps.clear()
+        await self.plugin.__aexit__(None, None, None)
+        await self.registry.close()
+
+    async def health(self) -> BackendStatus:
+        mode: Literal["embedded", "server"] = "server" if self.backend == "redis" else "embedded"
+        try:
+            version = await self.registry.ping()
+        except (RedisError, OSError) as exc:
+            detail = f"redis unreachable: {exc}; check APPLIANCE_REDIS_URL"
+            return BackendStatus(name="realtime", backend=self.backend, mode=mode, ok=False, detail=detail)
+        detail = f"{len(self._local)} connections on node {self.node}"
+        return BackendStatus(
+            name="realtime", backend=self.backend, mode=mode, ok=True, detail=detail, version=version
+        )
+
+    # ---------------------------------------------------------------- broadcast ---
+
+    async def broadcast(
+        self,
+        tenant: str,
+        channel: str,
+        data: Any,
+        *,
+        event: str = "message",
+        filter: BroadcastFilter | None = None,
+    ) -> int:
+        """See :meth:`appliance.realtime.Broadcaster.broadcast`."""
+        _, delivered = await self.publish(tenant, channel, data, event=event, filter=filter)
+        return delivered
+
+    async def publish(
+        self,
+        tenant: str,
+        channel: str,
+        data: Any,
+        *,
+        event: str = "message",
+        filter: BroadcastFilter | None = None,
+    ) -> tuple[str, int]:
+        """:meth:`broadcast`, also returning the message id."""
+        _check_channel(channel)
+        if not _valid_event(event):
+            raise Unprocessable(f"event {event!r} must be 1-64 letters, digits, '_', '.', ':' or '-'")
+        message_id = new_id("msg")
+        frame = _encode(Frame(channel=channel, event=event, data=data, id=message_id))
+        payload = _encode(filter) + b"\n" + frame
+        try:
+            delivered = await self.registry.count(tenant, channel, filter)
+            await self.plugin.wait_published(payload, physical_channel(tenant, channel))
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"realtime fan-out backend (redis) is unavailable: {exc}") from None
+        return message_id, delivered
+
+    def _deliver(self, physical: str, payload: bytes) -> int:
+        header, _, frame = payload.partition(b"\n")
+        filter = _decode_filter(header)
+        text = frame.decode()
+        delivered = 0
+        for conn in self._members.get(physical, ()):
+            if filter is None or filter.matches(conn.record.user_id, conn.record.tags):
+                delivered += conn.offer(text)
+        return delivered
+
+    async def _pump(self, physical: str, subscriber: Subscriber) -> None:
+        async for payload in subscriber.iter_events():
+            try:
+                self._deliver(physical, payload)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                log.warning("dropped a malformed realtime payload on %s", physical)
+
+    # ------------------------------------------------------------- subscriptions ---
+
+    async def subscribe(self, conn: LiveConnection, channel: str) -> None:
+        """Subscribe ``conn`` to its tenant's ``channel``; returns once messages will be delivered."""
+        _check_channel(channel, FrameError)
+        if channel in conn.record.channels:
+            return
+        if len(conn.record.channels) >= MAX_CHANNELS_PER_CONNECTION:
+            raise FrameError(f"a connection may subscribe to at most {MAX_CHANNELS_PER_CONNECTION} channels")
+        physical = physical_channel(conn.record.tenant, channel)
+        async with self._lock:
+            members = self._members.get(physical)
+            if members is None:
+                subscriber = await self._backend_subscribe(physical)
+                self._pumps[physical] = (subscriber, asyncio.create_task(self._pump(physical, subscriber)))
+                members = self._members[physical] = set()
+            members.add(conn)
+        conn.record.channels.append(channel)
+        await self.registry.subscribe(conn.record, channel)
+
+    async def unsubscribe(self, conn: LiveConnection, channel: str) -> None:
+        _check_channel(channel, FrameError)
+        if channel not in conn.record.channels:
+            return
+        conn.record.channels.remove(channel)
+        await self._leave(conn, physical_channel(conn.record.tenant, channel))
+        await self.registry.unsubscribe(conn.record, channel)
+
+    async def _leave(self, conn: LiveConnection, physical: str) -> None:
+        async with self._lock:
+            members = self._members.get(physical)
+            if members is None:
+                return
+            members.discard(conn)
+            if members:
+                return
+            del self._members[physical]
+            pump = self._pumps.pop(physical, None)
+            if pump is None:
+                return
+            subscriber, task = pump
+            # With Redis down the node stays subscribed there; stray messages find no members.
+            with contextlib.suppress(RedisError, OSError):
+                await self.plugin.unsubscribe(subscriber, physical)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # ---------------------------------------------------------------- connections ---
+
+    def local_connections(self, tenant: str | None = None) -> list[LiveConnection]:
+        return [c for c in self._local.values() if tenant is None or c.record.tenant == tenant]
+
+    async def serve(
+        self, socket: WebSocket[Any, Any, Any], tenant: str, user_id: str | None, tags: list[str]
+    ) -> None:
+        """Run one accepted connection until the client leaves or the hub closes it."""
+        conn = self._open(socket, tenant, user_id, tags, "websocket")
+        try:
+            await self.registry.add(conn.record)
+        except (RedisError, OSError) as exc:
+            conn.kick(CloseCode.INTERNAL, f"connection registry unavailable: {exc}"[:120])
+        self._welcome(conn)
+        tasks = [asyncio.create_task(conn.send_loop()), asyncio.create_task(self._read_loop(conn))]
+        try:
+            waiters: list[asyncio.Future[Any]] = [*tasks, conn.closing]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._drop(conn)
+        if conn.closing.done():
+            code, reason = conn.closing.result()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await socket.close(code=code, reason=reason)
+
+    def _open(
+        self,
+        socket: WebSocket[Any, Any, Any] | None,
+        tenant: str,
+        user_id: str | None,
+        tags: list[str],
+        transport: str,
+    ) -> LiveConnection:
+        now = time.time()
+        record = ConnectionRecord(
+            id=new_id("ws" if socket is not None else "sse"),
+            tenant=tenant,
+            user_id=user_id,
+            tags=tags,
+            channels=[],
+            since=now,
+            node=self.node,
+            expires=now + self.record_ttl_s,
+            transport=transport,
+        )
+        conn = LiveConnection(socket, record, self.send_queue)
+        self._local[record.id] = conn
+        return conn
+
+    def _welcome(self, conn: LiveConnection) -> None:
+        record = conn.record
+        data = {
+            "connection_id": record.id,
+            "tenant": record.tenant,
+            "user_id": record.user_id,
+            "tags": record.tags,
+        }
+        conn.offer(_frame(None, "welcome", data))
+
+    async def open_stream(
+        self, tenant: str, user_id: str | None, tags: list[str], channels: list[str]
+    ) -> LiveConnection:
+        """An SSE connection subscribed to ``channels``; read it with :meth:`stream`.
+
+        Raises:
+            Unprocessable: a channel name is invalid or there are too many.
+            ServiceUnavailable: the registry or fan-out backend (Redis) is down.
+        """
+        for channel in channels:
+            _check_channel(channel)
+        if not channels or len(set(channels)) > MAX_CHANNELS_PER_CONNECTION:
+            raise Unprocessable(f"give 1 to {MAX_CHANNELS_PER_CONNECTION} 'channel' query parameters")
+        conn = self._open(None, tenant, user_id, tags, "sse")
+        try:
+            await self.registry.add(conn.record)
+            for channel in dict.fromkeys(channels):
+                await self.subscribe(conn, channel)
+        except (RedisError, OSError) as exc:
+            await self._drop(conn)
+            raise ServiceUnavailable(f"realtime fan-out backend (redis) is unavailable: {exc}") from None
+        self._welcome(conn)
+        return conn
+
+    async def stream(self, conn: LiveConnection) -> AsyncIterator[str]:
+        """The frames of an SSE connection until the client leaves or the hub closes it."""
+        try:
+            while not conn.closing.done():
+                get = asyncio.ensure_future(conn.queue.get())
+                waiters: list[asyncio.Future[Any]] = [get, conn.closing]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                else:
+                    get.cancel()
+            code, reason = conn.closing.result()
+            yield _frame(None, "close", {"code": code, "reason": reason})
+        finally:
+            # The stream is cancelled when the client goes away; leave the channels regardless.
+            with anyio.CancelScope(shield=True):
+                await self._drop(conn)
+
+    async def _drop(self, conn: LiveConnection) -> None:
+        if self._local.pop(conn.record.id, None) is None:
+            return
+        if not self._local:
+            self._emptied.set()
+        conn.kick(CloseCode.GOING_AWAY, "connection closed")
+        for channel in conn.record.channels:
+            await self._leave(conn, physical_channel(conn.record.tenant, channel))
+        try:
+            await self.registry.remove(conn.record)
+        except (RedisError, OSError):
+            log.warning("could not remove connection %s from the registry; it will expire", conn.record.id)
+
+    async def _read_loop(self, conn: LiveConnection) -> None:
+        assert conn.socket is not None
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await conn.socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                conn.last_seen = time.monotonic()
+                raw = cast("str | bytes", message.get("text") or message.get("bytes") or b"")
+                await self._handle(conn, raw.encode() if isinstance(raw, str) else raw)
+
+    async def _handle(self, conn: LiveConnection, raw: bytes) -> None:
+        ref: str | int | None = None
+        channel: str | None = None
+        try:
+            if len(raw) > MAX_FRAME_BYTES:
+                raise FrameError(f"frame larger than {MAX_FRAME_BYTES} bytes")
+            try:
+                frame = _decode_frame(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise FrameError(f"invalid frame: {exc}") from None
+            ref, channel = frame.ref, frame.channel
+            await self._dispatch(conn, frame)
+        except FrameError as exc:
+            conn.offer(_frame(channel, "error", {"detail": str(exc), "ref": ref}))
+        except Unprocessable as exc:
+            conn.offer(_frame(channel, "error", {"detail": exc.detail, "ref": ref}))
+        except (ServiceUnavailable, RedisError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, ServiceUnavailable) else f"redis is unavailable: {exc}"
+            conn.offer(_frame(channel, "error", {"detail": detail, "ref": ref}))
+
+    async def _dispatch(self, conn: LiveConnection, frame: ClientFrame) -> None:
+        if frame.op == "ping":
+            conn.offer(_frame(None, "pong", {"ref": frame.ref}))
+            return
+        if frame.op == "pong":
+            return
+        if frame.channel is None:
+            raise FrameError(f"op {frame.op!r} needs a 'channel'")
+        if frame.op == "subscribe":
+            await self.subscribe(conn, frame.channel)
+            conn.offer(_frame(frame.channel, "subscribed", {"ref": frame.ref}))
+        elif frame.op == "unsubscribe":
+            await self.unsubscribe(conn, frame.channel)
+            conn.offer(_frame(frame.channel, "unsubscribed", {"ref": frame.ref}))
+        else:
+            message_id, delivered = await self.publish(
+                conn.record.tenant, frame.channel, frame.data, event=frame.event
+            )
+            conn.offer(
+                _frame(
+                    frame.channel, "published", {"ref": frame.ref, "id": message_id, "delivered": delivered}
+                )
+            )
+
+    # ---------------------------------------------------------------- heartbeats ---
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self.beat()
+            except (RedisError, OSError) as exc:
+                log.warning("realtime heartbeat could not refresh the registry: %s", exc)
+
+    async def beat(self) -> None:
+        """Close idle connections, ping quiet ones, and refresh this node's registry records."""
+        await self._listen_for_commands()
+        now = time.monotonic()
+        for conn in list(self._local.values()):
+            quiet = now - conn.last_seen
+            if conn.socket is None:  # SSE: the client cannot speak, so it cannot idle; keep proxies awake
+                conn.offer(_frame(None, "ping", None))
+            elif quiet >= self.idle_timeout_s:
+                conn.kick(CloseCode.IDLE, f'idle for {self.idle_timeout_s:g}s: send {{"op":"ping"}} frames')
+            elif quiet >= self.heartbeat_s:
+                conn.offer(_frame(None, "ping", None))
+        live = [c.record for c in self._local.values() if not c.closing.done()]
+        if live:
+            await self.registry.touch(live, time.time() + self.record_ttl_s)
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """The tenant is being deleted: close its connections on every node and forget them all."""
+        try:
+            await self.plugin.wait_published(_encode(_Command(kick_tenant=tenant)), CONTROL_CHANNEL)
+            await self.registry.purge(tenant)
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(
+                f"realtime backend (redis) is unavailable, so the tenant was not deleted: {exc}"
+            ) from None
+
+    async def _obey(self, control: Subscriber) -> None:
+        async for payload in control.iter_events():
+            try:
+                command = _decode_command(payload)
+            except msgspec.DecodeError:
+                log.warning("ignored a malformed realtime control message")
+                continue
+            for conn in self.local_connections(command.kick_tenant):
+                conn.kick(CloseCode.TENANT_GONE, "tenant deleted")
+
+
+def _valid_event(event: str) -> bool:
+    return valid_channel(event) and len(event) <= 64
+
+
+def _check_channel(channel: str, error: Callable[[str], Exception] = Unprocessable) -> None:
+    if not valid_channel(channel):
+        raise error(
+            f"channel {channel[:140]!r} is invalid: use 1-128 letters, digits, '_', '.', ':' or '-',"
+            " starting with a letter or digit"
+        )
+
+
+def build_hub(ctx: Context) -> Hub:
+    """Pick the channels backend and registry from settings and wire the hub into the context."""
+    settings = ctx.settings
+    backend: ChannelsBackend
+    registry: ConnectionRegistry
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        from appliance.realtime.redis import RedisRegistry, ResilientPubSubBackend
+
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        backend, registry, name = ResilientPubSubBackend(redis=client), RedisRegistry(client), "redis"
+    else:
+        from appliance.realtime.memory import MemoryRegistry
+
+        backend, registry, name = MemoryChannelsBackend(), MemoryRegistry(), "memory"
+    tokens = TokenSigner(ctx.db)
+    hub = Hub(
+        ChannelsPlugin(backend=backend, arbitrary_channels_allowed=True),
+        registry,
+        tokens,
+        backend=name,
+        send_queue=settings.realtime_send_queue,
+        heartbeat_s=settings.realtime_heartbeat_s,
+        idle_timeout_s=settings.realtime_idle_timeout_s,
+    )
+    steps: list[Callable[[], Awaitable[None]]] = [tokens.load, hub.start]
+    for step in steps:
+        ctx.on_startup(step)
+    ctx.on_shutdown(hub.stop)
+    ctx.token_verifiers.append(tokens.verify)
+    ctx.health.append(hub.health)
+    ctx.tenants.purgers.append(hub.purge_tenant)
+    return hub

@@ -1,0 +1,274 @@
+"""Broadcast fan-out: the appliance's realtime hub against plain ``websockets.broadcast()``, same run.
+
+Both servers run as their own process on loopback; this process holds N WebSocket clients
+(default 1,000) for each in turn, then:
+
+* latency: M1 broadcasts, one at a time (the next once every client has the previous one); each
+  message carries its send time, so every delivery yields a latency sample (p50, p99);
+* throughput: M2 broadcasts sent back to back; deliveries per second until all N x M2 arrived;
+* memory: server RSS growth per connection.
+
+The trigger is the same for both: a control WebSocket sends the message to the server, which
+fans it out (the appliance: a ``publish`` frame through the hub; the baseline: a handler calling
+``websockets.broadcast()`` on every connection, encoding the message once).
+
+    .venv/bin/python benchmarks/bench_realtime.py [--clients 1000] [--latency-rounds 100] [--burst 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT_KEY = "bench-root-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {ROOT_KEY}"}
+
+BASELINE_SERVER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from websockets.asyncio.server import broadcast, serve
+
+    clients = set()
+
+    async def handler(ws):
+        if ws.request.path == "/control":
+            async for text in ws:
+                frame = json.loads(text)
+                # Encode once, send to every connection (what websockets.broadcast is for).
+                message = json.dumps({"channel": "bench", "event": "message", "data": frame["data"], "id": "m"})
+                broadcast(clients, message)
+            return
+        clients.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            clients.discard(ws)
+
+    async def main():
+        async with serve(handler, "127.0.0.1", int(sys.argv[1]), compression=None, max_queue=None):
+            await asyncio.Future()
+
+    asyncio.run(main())
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@asynccontextmanager
+async def server(argv: list[str], env: dict[str, str], port: int, ready_url: str) -> AsyncIterator[int]:
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server {argv} exited with {process.returncode}")
+            try:
+                if ready_url.startswith("http"):
+                    async with httpx.AsyncClient() as http:
+                        if (await http.get(ready_url, timeout=1)).status_code == 200:
+                            break
+                else:
+                    async with connect(ready_url, open_timeout=1):
+                        break
+            except (OSError, httpx.TransportError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {argv} did not start")
+            await asyncio.sleep(0.05)
+        yield process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@dataclass
+class Result:
+    name: str
+    clients: int
+    latencies_ms: list[float] = field(default_factory=list)
+    deliveries_per_s: float = 0.0
+    rss_per_conn_kib: float = 0.0
+
+    def line(self) -> str:
+        lat = sorted(self.latencies_ms)
+        p50 = statistics.median(lat)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        return (
+            f"{self.name:<10} clients={self.clients:<6} deliveries/s={self.deliveries_per_s:>9,.0f}"
+            f"  p50={p50:6.1f} ms  p99={p99:6.1f} ms  rss/conn={self.rss_per_conn_kib:5.1f} KiB"
+        )
+
+    def p99(self) -> float:
+        lat = sorted(self.latencies_ms)
+        return lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+class Fleet:
+    """N receiving clients; counts deliveries and records latencies from the embedded send time."""
+
+    def __init__(self) -> None:
+        self.sockets: list[ClientConnection] = []
+        self.received = 0
+        self.target = 0
+        self.done = asyncio.Event()
+        self.latencies: list[float] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self, count: int, open_one: Callable[[], Awaitable[ClientConnection]]) -> None:
+        for start in range(0, count, 100):
+            batch = await asyncio.gather(*(open_one() for _ in range(min(100, count - start))))
+            self.sockets.extend(batch)
+        self._tasks = [asyncio.create_task(self._read(ws)) for ws in self.sockets]
+
+    def expect(self, deliveries: int, record: bool) -> None:
+        self.received, self.target = 0, deliveries
+        self.latencies = [] if record else None
+        self.done.clear()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for text in ws:
+            frame = json.loads(text)
+            if frame.get("event") != "message":
+                continue
+            if self.latencies is not None:
+                self.latencies.append((time.time() - frame["data"]["t"]) * 1000)
+            self.received += 1
+            if self.received >= self.target:
+                self.done.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+
+
+async def measure(
+    name: str,
+    clients: int,
+    rounds: int,
+    burst: int,
+    pid: int,
+    open_client: Callable[[], Awaitable[ClientConnection]],
+    control: ClientConnection,
+    publish: Callable[[ClientConnection, dict[str, object]], Awaitable[None]],
+) -> Result:
+    result = Result(name, clients)
+    before = rss_kib(pid)
+    fleet = Fleet()
+    await fleet.open(clients, open_client)
+    result.rss_per_conn_kib = (rss_kib(pid) - before) / clients
+    for seq in range(rounds):
+        fleet.expect(clients, record=True)
+        await publish(control, {"t": time.time(), "seq": seq})
+        await asyncio.wait_for(fleet.done.wait(), 30)
+        result.latencies_ms += fleet.latencies or []
+    fleet.expect(clients * burst, record=False)
+    start = time.perf_counter()
+    for seq in range(burst):
+        await publish(control, {"t": time.time(), "seq": seq})
+    await asyncio.wait_for(fleet.done.wait(), 60)
+    result.deliveries_per_s = clients * burst / (time.perf_counter() - start)
+    await fleet.close()
+    return result
+
+
+async def bench_baseline(clients: int, rounds: int, burst: int) -> Result:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    argv = [sys.executable, "-c", BASELINE_SERVER, str(port)]
+    async with server(argv, dict(os.environ), port, url + "/control") as pid:
+
+        async def open_client() -> ClientConnection:
+            return await connect(url + "/client", compression=None, max_size=None, open_timeout=30)
+
+        async def publish(control: ClientConnection, data: dict[str, object]) -> None:
+            await control.send(json.dumps({"data": data}))
+
+        async with connect(url + "/control", compression=None) as control:
+            return await measure("baseline", clients, rounds, burst, pid, open_client, control, publish)
+
+
+async def bench_appliance(clients: int, rounds: int, burst: int) -> Result:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        env.update(
+            APPLIANCE_DATA_DIR=data_dir,
+            APPLIANCE_PORT=str(port),
+            APPLIANCE_ROOT_KEY=ROOT_KEY,
+            APPLIANCE_RATE_LIMIT_PER_KEY="",
+            APPLIANCE_RATE_LIMIT_PER_IP="",
+            APPLIANCE_WORKER="false",
+            APPLIANCE_LOG_LEVEL="WARNING",
+        )
+        argv = [sys.executable, "-m", "appliance", "run"]
+        async with server(argv, env, port, f"http://127.0.0.1:{port}/healthz") as pid:
+            url = f"ws://127.0.0.1:{port}/v1/ws"
+
+            async def open_client() -> ClientConnection:
+                ws = await connect(
+                    url, additional_headers=AUTH, compression=None, max_size=None, open_timeout=30
+                )
+                await ws.recv()  # welcome
+                await ws.send(json.dumps({"op": "subscribe", "channel": "bench"}))
+                await ws.recv()  # subscribed
+                return ws
+
+            async def publish(control: ClientConnection, data: dict[str, object]) -> None:
+                await control.send(json.dumps({"op": "publish", "channel": "bench", "data": data}))
+
+            async with connect(url, additional_headers=AUTH, compression=None) as control:
+                await (
+                    control.recv()
+                )  # welcome; the acks of its publishes are never read (they pile up harmlessly)
+                return await measure("appliance", clients, rounds, burst, pid, open_client, control, publish)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--latency-rounds", type=int, default=100)
+    parser.add_argument("--burst", type=int, default=100)
+    args = parser.parse_args()
+    print(f"{args.clients} clients, {args.latency_rounds} latency rounds, bursts of {args.burst}, loopback")
+    baseline = await bench_baseline(args.clients, args.latency_rounds, args.burst)
+    print(baseline.line())
+    appliance = await bench_appliance(args.clients, args.latency_rounds, args.burst)
+    print(appliance.line())
+    print(
+        f"ratio appliance/baseline: throughput {appliance.deliveries_per_s / baseline.deliveries_per_s:.2f}x,"
+        f" p99 latency {appliance.p99() / baseline.p99():.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
