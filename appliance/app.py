@@ -32,10 +32,12 @@ from appliance.core.metrics import http_metrics_middleware
 from appliance.core.ratelimit import rate_limit_middlewares
 from appliance.events import install as install_events
 from appliance.jobs import install as install_jobs
+from appliance.notify import install as install_notify
 from appliance.payments import install as install_payments
 from appliance.realtime import install as install_realtime
 from appliance.search import install as install_search
 from appliance.storage import install as install_storage
+from appliance.users import install as install_users
 
 __all__ = ["assemble", "create_app"]
 
@@ -50,6 +52,8 @@ CAPABILITIES: list[Installer] = [
     install_storage,
     install_search,
     install_payments,
+    install_notify,
+    install_users,
     ops.install,
     install_admin,  # last: it lists the capabilities installed before it
 ]

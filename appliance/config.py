@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     meili_index_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,40}$")] = "appliance"
     smtp_url: str = ""
     mail_from: str = "appliance@localhost"
+    mail_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    mail_retry_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    mail_bulk_rate: Rate | None = "20/second"
     stripe_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = ""
@@ -140,6 +143,9 @@ _DOCS: dict[str, str] = {
     "meili_index_prefix": "Prefix of the Meilisearch index uids (`<prefix>_<tenant>_<index>`), e.g. one per environment.",
     "smtp_url": "`smtp://user:pass@host:port[?starttls=true]` or `smtps://...`; capture mode when unset.",
     "mail_from": "Default sender address.",
+    "mail_max_attempts": "Delivery attempts per email or push before it is dead-lettered.",
+    "mail_retry_s": "First retry delay in seconds after a failed delivery; doubles each attempt (capped at 10 min).",
+    "mail_bulk_rate": "How fast `POST /v1/email:bulk` delivers per tenant, `N/unit` (second, minute, hour, day); empty or 0: no limit.",
     "stripe_key": "Stripe secret key; payments answer 503 until set.",
     "stripe_webhook_secret": "Secret that verifies `Stripe-Signature` on webhooks.",
     "stripe_api_base": "Stripe API base URL (stripe-mock in tests).",
@@ -224,7 +230,7 @@ def load_settings(
         raw.update(_from_toml(Path(config_file)))
     raw.update(_from_env(env))
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    for name in ("rate_limit_per_key", "rate_limit_per_ip"):
+    for name in ("rate_limit_per_key", "rate_limit_per_ip", "mail_bulk_rate"):
         if raw.get(name) == "":
             raw[name] = None
     try:

@@ -153,10 +153,10 @@ def webhook_rule(url: str, **pattern: Any) -> dict[str, Any]:
             {
                 "name": "r",
                 "pattern": {"type": ["x"]},
-                "targets": [{"kind": "email", "template": "t", "to": "a@b.c"}],
+                "targets": [{"kind": "email", "template": "t", "to": "$.payload..email"}],
             },
             422,
-            "email targets need the notify capability",
+            "email target: 'to'",
         ),
         (
             "POST",
