@@ -250,7 +250,7 @@ async def test_plugins_and_capabilities(settings: Settings) -> None:
             "jobs": True,
             "events": True,
             "realtime": True,
-            "notify": False,
+            "notify": True,
             "payments": True,
         }
 

@@ -139,7 +139,7 @@ def test_sign_in_shows_the_overview(ui: Session, shots: Path) -> None:
     expect(metadata).to_contain_text("embedded")
     expect(metadata).to_contain_text("sqlite")
     expect(page.get_by_role("img", name=re.compile("latency per backend"))).to_be_visible()
-    expect(page.get_by_text("6 / 7")).to_be_visible()  # every capability but notify is installed
+    expect(page.get_by_text("7 / 7")).to_be_visible()  # every capability is installed
     page.screenshot(path=str(OVERVIEW_SHOT), full_page=True)
     page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
@@ -266,7 +266,7 @@ def test_the_rule_pattern_tester_matches_like_eventbridge(ui: Session) -> None:
     assert not wrong, f"pattern tester disagrees on: {wrong}"
 
 
-NOT_INSTALLED = {"email"}  # notify is the one capability not merged yet
+NOT_INSTALLED: set[str] = set()  # every capability is merged
 
 
 def test_capability_panels_render_or_say_they_are_not_installed(ui: Session, shots: Path) -> None:
