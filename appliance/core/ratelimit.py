@@ -8,6 +8,7 @@ problem+json with ``Retry-After``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any, cast
 
@@ -23,10 +24,13 @@ from litestar.middleware.rate_limit import (
 )
 from litestar.stores.base import Store
 from litestar.types import Receive, Scope, Send
+from redis.exceptions import RedisError
 
 from appliance.config import Settings
 
 __all__ = ["rate_limit_middlewares"]
+
+log = logging.getLogger("appliance.ratelimit")
 
 _EXCLUDE = ["^/healthz$", "^/readyz$", "^/admin", "^/schema"]
 
@@ -41,6 +45,20 @@ async def _has_bearer(request: Request[Any, Any, Any]) -> bool:
     return request.headers.get("authorization", "").lower().startswith("bearer ")
 
 
+# The counters' store is Redis when configured. If it is unreachable, requests are let through
+# (limits are a guard, not a reason to take the API down) and the outage is logged, at most once a minute.
+_STORE_ERRORS = (OSError, ConnectionError, TimeoutError, RedisError)
+_last_warning = 0.0
+
+
+def _store_down(exc: BaseException) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning > 60:
+        _last_warning = now
+        log.warning("rate-limit store unreachable (%s): requests are not being limited", exc)
+
+
 class _CountingRateLimit(RateLimitMiddleware):
     """Litestar's middleware, storing a count per window instead of a timestamp per request.
 
@@ -52,7 +70,11 @@ class _CountingRateLimit(RateLimitMiddleware):
     async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:
         duration = DURATION_VALUES[self.unit]
         now = int(time.time())
-        cached = await store.get(key)
+        try:
+            cached = await store.get(key)
+        except _STORE_ERRORS as exc:
+            _store_down(exc)
+            return CacheObject(history=[], reset=now + duration)
         if cached:
             count, reset = msgspec.json.decode(cached, type=tuple[int, int])
             if reset > now:
@@ -63,7 +85,10 @@ class _CountingRateLimit(RateLimitMiddleware):
         count = len(cache_object.history) + 1
         cache_object.history = range(count)  # type: ignore[assignment]
         expires_in = max(1, cache_object.reset - int(time.time()))
-        await store.set(key, msgspec.json.encode((count, cache_object.reset)), expires_in=expires_in)
+        try:
+            await store.set(key, msgspec.json.encode((count, cache_object.reset)), expires_in=expires_in)
+        except _STORE_ERRORS as exc:
+            _store_down(exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
