@@ -269,6 +269,8 @@ def _progress(verb: str) -> Iterator[Callable[[str, int], None]]:
 def doctor(data_dir: str | None, config_file: str | None) -> None:
     """Check every configured backend; one line each; exits non-zero naming what is down."""
     settings = _settings(config_file, data_dir=data_dir)
+    # The report is the output: clients' retry chatter and warnings would only interleave with it.
+    configure_logging("ERROR", "text")
 
     async def check(ctx: Context) -> list[str]:
         down = []
