@@ -10,16 +10,28 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from litestar import Request, Response
+from litestar.params import HeaderParameter
 
 from appliance.core.db import Database, Tx
 from appliance.core.errors import Unprocessable
 
-__all__ = ["IdempotencyStore", "StoredResponse", "fingerprint", "idempotent"]
+__all__ = [
+    "IdempotencyKey",
+    "IdempotencyStore",
+    "StoredResponse",
+    "fingerprint",
+    "idempotent",
+    "idempotent_response",
+]
 
 MAX_KEY_LENGTH = 255
+
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=MAX_KEY_LENGTH)]
+"""A handler parameter: ``idempotency_key: IdempotencyKey = None``."""
 
 
 class StoredResponse(msgspec.Struct, frozen=True):
@@ -110,3 +122,16 @@ async def idempotent(
         if key is not None:
             await store.store(tx, tenant, scope, key, print_, StoredResponse(status=status, body=encoded))
     return status, encoded
+
+
+async def idempotent_response(
+    store: IdempotencyStore,
+    tenant: str,
+    scope: str,
+    key: str | None,
+    request: Request[Any, Any, Any],
+    create: Callable[[Tx], Awaitable[tuple[int, Any]]],
+) -> Response[bytes]:
+    """:func:`idempotent` for a route handler: fingerprints the request body, answers with JSON."""
+    status, body = await idempotent(store, tenant, scope, key, await request.body(), create)
+    return Response(content=body, status_code=status, media_type="application/json")

@@ -6,20 +6,19 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import HeaderParameter, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
-from appliance.core.idempotency import idempotent
+from appliance.core.idempotency import IdempotencyKey, idempotent_response
 from appliance.core.outbox import Event
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.events import EventService, NewEvent, NewRule, Rule
 
 __all__ = ["routes"]
 
-IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)]
 RuleIdPath = Annotated[str, Parameter(max_length=100)]
 TypeFilter = Annotated[str | None, Parameter(max_length=128, description="only events of this type")]
 Since = Annotated[float | None, Parameter(ge=0, description="only events created at or after (unix seconds)")]
@@ -33,10 +32,6 @@ def _public(rule: Rule) -> Rule:
     """A rule as clients see it: webhook secrets are never echoed back."""
     rule.targets = [{**t, "secret": "***"} if t.get("secret") else t for t in rule.targets]
     return rule
-
-
-def _json(status: int, body: bytes) -> Response[bytes]:
-    return Response(content=body, status_code=status, media_type="application/json")
 
 
 class EventController(Controller):
@@ -59,10 +54,9 @@ class EventController(Controller):
             event = await service.publish(principal.tenant, data.source, data.type, data.payload, tx=tx)
             return HTTP_202_ACCEPTED, Accepted(id=event.id)
 
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, "events", idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, "events", idempotency_key, request, create
         )
-        return _json(status, body)
 
     @get("/", summary="The event log, oldest first (filter by type, since)")
     async def list_events(
@@ -96,10 +90,9 @@ class RuleController(Controller):
         async def create(tx: Any) -> tuple[int, Any]:
             return HTTP_201_CREATED, _public(await service.create_rule(principal.tenant, data, tx=tx))
 
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, "rules", idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, "rules", idempotency_key, request, create
         )
-        return _json(status, body)
 
     @get("/", summary="The tenant's rules")
     async def list_rules(

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import HeaderParameter, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
 from appliance.core.errors import Unprocessable
-from appliance.core.idempotency import idempotent
+from appliance.core.idempotency import IdempotencyKey, idempotent_response
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.jobs import JobRecord, JobService, NewJob
 
@@ -22,7 +22,6 @@ QueuePath = Annotated[
     str, Parameter(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="queue name (lowercase, . _ -)")
 ]
 JobIdPath = Annotated[str, Parameter(max_length=200)]
-IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)]
 MAX_BULK = 1000
 INTERNAL_PREFIX = "appliance."
 
@@ -43,10 +42,6 @@ def _check_types(service: JobService, jobs: list[NewJob]) -> None:
             raise Unprocessable(
                 f"no handler is registered for job type {job.type!r}; known types: {sorted(known)}"
             )
-
-
-def _json(status: int, body: bytes) -> Response[bytes]:
-    return Response(content=body, status_code=status, media_type="application/json")
 
 
 class JobController(Controller):
@@ -72,10 +67,9 @@ class JobController(Controller):
             return HTTP_201_CREATED, public(record)
 
         scope = f"jobs:{queue}"
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, scope, idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, scope, idempotency_key, request, create
         )
-        return _json(status, body)
 
     @post("/jobs:bulk", status_code=HTTP_201_CREATED, summary="Enqueue up to 1000 jobs at once; returns ids")
     async def enqueue_bulk(
@@ -97,10 +91,9 @@ class JobController(Controller):
             return HTTP_201_CREATED, [r.id for r in records]
 
         scope = f"jobs-bulk:{queue}"
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, scope, idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, scope, idempotency_key, request, create
         )
-        return _json(status, body)
 
     @get("/jobs/{job_id:str}", summary="A job's status, attempts, result and error")
     async def get_job(

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import HeaderParameter, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
-from appliance.core.idempotency import idempotent
+from appliance.core.idempotency import IdempotencyKey, idempotent_response
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.notify import (
     BulkAccepted,
@@ -35,7 +35,6 @@ __all__ = ["ROUTES"]
 Id = Annotated[str, Parameter(max_length=64)]
 TemplateName = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
 BulkBody = Annotated[list[EmailRequest], msgspec.Meta(min_length=1, max_length=1000)]
-IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)]
 
 
 class PublicKey(msgspec.Struct):
@@ -44,10 +43,6 @@ class PublicKey(msgspec.Struct):
 
 def _notify(ctx: AppContext) -> NotifyService:
     return ctx.service("notify", NotifyService)
-
-
-def _json(status: int, body: bytes) -> Response[bytes]:
-    return Response(content=body, status_code=status, media_type="application/json")
 
 
 class TemplateController(Controller):
@@ -96,10 +91,9 @@ class EmailController(Controller):
         async def create(tx: Any) -> tuple[int, EmailAccepted]:
             return HTTP_202_ACCEPTED, await service.send_email(principal.tenant, data, tx=tx)
 
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, "email", idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, "email", idempotency_key, request, create
         )
-        return _json(status, body)
 
     @get("/", summary="Capture mode: the captured messages, newest first, optionally only those to ?to=")
     async def list_captured(
@@ -136,10 +130,9 @@ async def send_bulk(
     async def create(tx: Any) -> tuple[int, BulkAccepted]:
         return HTTP_202_ACCEPTED, await service.send_bulk(principal.tenant, list(data), tx)
 
-    status, body = await idempotent(
-        ctx.idempotency, principal.tenant, "email:bulk", idempotency_key, await request.body(), create
+    return await idempotent_response(
+        ctx.idempotency, principal.tenant, "email:bulk", idempotency_key, request, create
     )
-    return _json(status, body)
 
 
 class PushController(Controller):
@@ -187,10 +180,9 @@ class PushController(Controller):
         async def create(tx: Any) -> tuple[int, PushAccepted]:
             return HTTP_202_ACCEPTED, await service.push(principal.tenant, data, tx)
 
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, "push", idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, "push", idempotency_key, request, create
         )
-        return _json(status, body)
 
     @get("/{push_id:str}", summary="A push's delivery counts and status")
     async def status(self, ctx: AppContext, principal: Caller, push_id: Id) -> PushRecord:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import HeaderParameter, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
-from appliance.core.idempotency import idempotent
+from appliance.core.idempotency import IdempotencyKey, idempotent_response
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.users import CreatedUser, NewUser, User, Verification
 from appliance.users.service import UserService
@@ -19,7 +19,6 @@ from appliance.users.service import UserService
 __all__ = ["ROUTES"]
 
 UserId = Annotated[str, Parameter(max_length=64)]
-IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)]
 
 
 def _users(ctx: AppContext) -> UserService:
@@ -50,10 +49,9 @@ class UserController(Controller):
         async def create(tx: Any) -> tuple[int, CreatedUser]:
             return HTTP_201_CREATED, await users.create(principal.tenant, data, tx)
 
-        status, body = await idempotent(
-            ctx.idempotency, principal.tenant, "users", idempotency_key, await request.body(), create
+        return await idempotent_response(
+            ctx.idempotency, principal.tenant, "users", idempotency_key, request, create
         )
-        return Response(content=body, status_code=status, media_type="application/json")
 
     @get("/", summary="List the tenant's users")
     async def list_users(
