@@ -18,7 +18,16 @@ from litestar.middleware import DefineMiddleware
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-__all__ = ["MetricFamily", "MetricsSource", "authorized", "http_metrics_middleware", "render"]
+from appliance.core.db import Database
+
+__all__ = [
+    "MetricFamily",
+    "MetricsSource",
+    "authorized",
+    "gauges_from_query",
+    "http_metrics_middleware",
+    "render",
+]
 
 
 class MetricFamily(msgspec.Struct):
@@ -31,6 +40,20 @@ class MetricFamily(msgspec.Struct):
 
 
 MetricsSource = Callable[[], Awaitable[list[MetricFamily]]]
+
+
+def gauges_from_query(
+    db: Database, sql: str, name: str, help: str, label: str | None = None
+) -> MetricsSource:
+    """A source of one gauge family from a query: rows of ``(label value, number)``, or one ``(number,)``."""
+
+    async def sample() -> list[MetricFamily]:
+        rows = await db.fetchall(sql)
+        if label is None:
+            return [MetricFamily(name, help, "gauge", [({}, float(rows[0][0] or 0) if rows else 0.0)])]
+        return [MetricFamily(name, help, "gauge", [({label: str(r[0])}, float(r[1] or 0)) for r in rows])]
+
+    return sample
 
 
 def http_metrics_middleware() -> DefineMiddleware:

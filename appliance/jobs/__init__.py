@@ -161,10 +161,20 @@ class JobQueue(Protocol):
 
 
 def install(ctx: Context) -> list[ControllerRouterHandler]:
+    from appliance.core.metrics import gauges_from_query
     from appliance.jobs.api import routes
     from appliance.jobs.service import install_service
 
     install_service(ctx)
+    ctx.metrics.append(
+        gauges_from_query(
+            ctx.db,
+            "SELECT status, count(*) FROM jobs GROUP BY status",
+            "appliance_jobs",
+            "Jobs by status (succeeded ones are kept for APPLIANCE_JOB_RETENTION_DAYS).",
+            "status",
+        )
+    )
     return routes()
 
 

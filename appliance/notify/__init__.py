@@ -234,8 +234,18 @@ class PushRecord(msgspec.Struct, kw_only=True):
 
 def install(ctx: Context) -> list[ControllerRouterHandler]:
     """Register the notify tables, adapters, job handlers and the ``notify`` service; return the routes."""
+    from appliance.core.metrics import gauges_from_query
     from appliance.notify.api import ROUTES
     from appliance.notify.service import install_service
 
     install_service(ctx)
+    ctx.metrics.append(
+        gauges_from_query(
+            ctx.db,
+            "SELECT status, count(*) FROM emails GROUP BY status",
+            "appliance_emails",
+            "Emails by status.",
+            "status",
+        )
+    )
     return list(ROUTES)

@@ -171,6 +171,7 @@ def build_provider(settings: Settings) -> PaymentProvider | None:
 
 def install(ctx: Context) -> list[ControllerRouterHandler]:
     """Register the ledger's migrations, the service, the health check and the routes."""
+    from appliance.core.metrics import gauges_from_query
     from appliance.payments.api import ROUTES
     from appliance.payments.ledger import MIGRATIONS
     from appliance.payments.service import PaymentService
@@ -185,4 +186,13 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
         return await service.health()
 
     ctx.health.append(payments_health)
+    ctx.metrics.append(
+        gauges_from_query(
+            ctx.db,
+            "SELECT status, count(*) FROM payments GROUP BY status",
+            "appliance_payments",
+            "Payments by status.",
+            "status",
+        )
+    )
     return list(ROUTES)

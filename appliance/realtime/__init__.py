@@ -179,4 +179,5 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
 
     hub = build_hub(ctx)
     ctx.provide("realtime", hub)
+    ctx.metrics.append(hub.metrics)
     return routes()

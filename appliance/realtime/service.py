@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from appliance.core.context import BackendStatus, Context
 from appliance.core.errors import ServiceUnavailable, Unprocessable
 from appliance.core.ids import new_id
+from appliance.core.metrics import MetricFamily
 from appliance.realtime import (
     BroadcastFilter,
     ConnectionRecord,
@@ -223,6 +224,17 @@ class Hub:
         self._pumps.clear()
         await self.plugin.__aexit__(None, None, None)
         await self.registry.close()
+
+    async def metrics(self) -> list[MetricFamily]:
+        """Live WebSocket/SSE connections held by this node (Prometheus scrapes each node)."""
+        return [
+            MetricFamily(
+                "appliance_realtime_connections",
+                "Live connections on this node.",
+                "gauge",
+                [({}, len(self._local))],
+            )
+        ]
 
     async def health(self) -> BackendStatus:
         mode: Literal["embedded", "server"] = "server" if self.backend == "redis" else "embedded"

@@ -153,6 +153,7 @@ def open_blob_store(settings: Settings, plugin_backend: object | None = None) ->
 
 def install(ctx: Context) -> list[ControllerRouterHandler]:
     """Storage's migration, blob store, service, health check, tenant purger and routes."""
+    from appliance.core.metrics import gauges_from_query
     from appliance.storage.api import ROUTES
     from appliance.storage.service import MIGRATIONS, StorageService
 
@@ -164,4 +165,9 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
     ctx.health.append(store.health)
     ctx.tenants.purgers.append(service.purge_tenant)
     ctx.provide("storage", service)
+    for column, name, help_ in (
+        ("sum(size)", "appliance_storage_bytes", "Bytes stored in objects, all tenants."),
+        ("count(*)", "appliance_storage_objects", "Objects stored, all tenants."),
+    ):
+        ctx.metrics.append(gauges_from_query(ctx.db, f"SELECT {column} FROM storage_objects", name, help_))
     return list(ROUTES)

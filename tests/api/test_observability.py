@@ -38,6 +38,22 @@ async def test_metrics_report_http_traffic_by_route_template_and_capability_gaug
     assert 'path="/v1/tenants/{tenant_id}"' in text and "nope-1" not in text
     assert "appliance_tenants 1" in text
     assert "appliance_outbox_depth" in text
+    for family in ("appliance_storage_bytes", "appliance_storage_objects", "appliance_realtime_connections"):
+        assert f"# TYPE {family} gauge" in text and f"\n{family} " in text
+
+
+async def test_metrics_count_jobs_emails_and_objects_as_they_happen(client: Client) -> None:
+    assert (
+        await client.put("/v1/buckets/bkt/objects/a.txt", content=b"12345", headers=ROOT)
+    ).status_code == 201
+    await client.post(
+        "/v1/queues/q/jobs", json={"type": "hello.echo", "payload": {}, "delay_s": 3600}, headers=ROOT
+    )
+    await client.post("/v1/email", json={"to": ["a@example.com"], "subject": "s", "text": "t"}, headers=ROOT)
+    text = (await client.get("/metrics", headers=ROOT)).text
+    assert "appliance_storage_bytes 5.0" in text and "appliance_storage_objects 1.0" in text
+    assert 'appliance_jobs{status="queued"}' in text
+    assert "appliance_emails{status=" in text
 
 
 async def test_every_response_carries_a_request_id(client: Client) -> None:
