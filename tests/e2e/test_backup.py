@@ -159,3 +159,32 @@ def test_scheduled_backups_are_written_and_pruned(tmp_path: Path) -> None:
         assert 1 <= len(backups) <= 2
     restore(sorted(backups)[-1], tmp_path / "restored")
     assert (tmp_path / "restored" / "appliance.db").exists()
+
+
+def test_backup_of_a_running_appliance_restores_objects_index_jobs_and_keys(tmp_path: Path) -> None:
+    data, restored = tmp_path / "data", tmp_path / "restored"
+    env = {"APPLIANCE_ROOT_KEY": ROOT_KEY, "APPLIANCE_WORKER": "false"}  # jobs stay queued, as they were
+    blob = os.urandom(200_000)
+    with run_appliance(data, env) as proc, httpx.Client(base_url=proc.url, headers=ROOT, timeout=30) as http:
+        assert http.put("/v1/buckets/docs/objects/report.bin", content=blob).status_code == 201
+        index = {"primary_key": "id", "searchable": ["title"], "filterable": ["year"], "sortable": ["year"]}
+        assert http.put("/v1/indexes/books", json=index).status_code in (200, 201)
+        docs = [{"id": "1", "title": "Dune", "year": 1965}, {"id": "2", "title": "Emma", "year": 1815}]
+        assert http.post("/v1/indexes/books/documents?wait=true", json=docs).status_code == 200
+        job = http.post("/v1/queues/q/jobs", json={"type": "hello.echo", "payload": {"n": 1}}).json()
+        key = http.post("/v1/keys", json={"name": "kept", "scopes": ["storage"]}).json()
+        archive = tmp_path / "backup.tar.gz"
+        result = _cli("backup", "--data-dir", str(data), str(archive))  # while it runs
+        assert result.returncode == 0, result.stderr
+    assert _cli("restore", "--data-dir", str(restored), str(archive)).returncode == 0
+    with (
+        run_appliance(restored, env) as proc,
+        httpx.Client(base_url=proc.url, headers=ROOT, timeout=30) as http,
+    ):
+        assert http.get("/v1/buckets/docs/objects/report.bin").content == blob
+        hits = http.post("/v1/indexes/books/search", json={"q": "dune"}).json()
+        assert [h["id"] for h in hits["hits"]] == ["1"] and hits["total"] == 1
+        restored_job = http.get(f"/v1/queues/q/jobs/{job['id']}").json()
+        assert restored_job["status"] == "queued" and restored_job["type"] == "hello.echo"
+        who = http.get("/v1/whoami", headers={"Authorization": f"Bearer {key['secret']}"})
+        assert who.status_code == 200 and who.json()["key_id"] == key["id"]
