@@ -121,7 +121,8 @@ class TenantService:
         return Tenant(id=row["id"], name=row["name"], created_at=row["created_at"])
 
     async def exists(self, tenant_id: str) -> bool:
-        return await self.db.fetchone("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)) is not None
+        # On the auth path of every root-key request that names a tenant: a point read, inline.
+        return self.db.fetchone_inline("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)) is not None
 
     async def list(self, limit: int, cursor: str | None) -> Page[Tenant]:
         after = decode_cursor(cursor, str) if cursor else ""
@@ -212,7 +213,7 @@ class KeyService:
         parts = secret.split("_", 2)
         if len(parts) != 3 or parts[0] != _KEY_PREFIX or len(secret) > 200:
             return None
-        row = await self.db.fetchone(
+        row = self.db.fetchone_inline(
             "SELECT tenant_id, scopes, secret_hash FROM api_keys WHERE id = ? AND revoked_at IS NULL",
             (parts[1],),
         )
