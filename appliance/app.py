@@ -15,8 +15,6 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.stores.base import Store
-from litestar.stores.memory import MemoryStore
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__, ops
@@ -29,7 +27,7 @@ from appliance.core.deps import DEPENDENCIES
 from appliance.core.errors import exception_handlers
 from appliance.core.http_log import RequestLogMiddleware, stamp_request_id
 from appliance.core.metrics import http_metrics_middleware
-from appliance.core.ratelimit import rate_limit_middlewares
+from appliance.core.ratelimit import rate_limit_middleware
 from appliance.events import install as install_events
 from appliance.jobs import install as install_jobs
 from appliance.notify import install as install_notify
@@ -74,14 +72,6 @@ def assemble(
     return ctx, handlers
 
 
-def _stores(settings: Settings) -> dict[str, Store]:
-    if settings.redis_url:
-        from litestar.stores.redis import RedisStore
-
-        return {"rate_limit": RedisStore.with_client(url=settings.redis_url, namespace="appliance:ratelimit")}
-    return {"rate_limit": MemoryStore()}
-
-
 def create_app(settings: Settings | None = None, extra_plugins: Iterable[object] = ()) -> Litestar:
     """The appliance as an ASGI app. ``extra_plugins`` registers plugin objects directly (tests)."""
     settings = settings or load_settings()
@@ -98,7 +88,7 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[object]
         middleware=[
             RequestLogMiddleware,
             http_metrics_middleware(),
-            *rate_limit_middlewares(settings),
+            *rate_limit_middleware(ctx),
             DefineMiddleware(ApiKeyMiddleware, exclude=_AUTH_EXCLUDE),
         ],
         exception_handlers=exception_handlers,
@@ -106,7 +96,6 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[object]
         openapi_config=_openapi(),
         state=State({"ctx": ctx}),
         lifespan=[lifespan],
-        stores=_stores(settings),
         request_max_body_size=settings.max_request_body_bytes,
         logging_config=None,
     )

@@ -1,53 +1,99 @@
-"""Rate limits per API key and per client address, on Litestar's rate-limit middleware.
+"""Rate limits per API key and per client address: fixed windows, one counter increment per request.
 
-Counters live in the app's ``rate_limit`` store: memory on one process, Redis when
-``APPLIANCE_REDIS_URL`` is set, so the limit holds across nodes. Over the limit -> 429
-problem+json with ``Retry-After``.
+Counters live in process memory on one node, or in Redis when ``APPLIANCE_REDIS_URL`` is set, where
+``INCR`` makes them exact across nodes (a read-then-write, as Litestar's stock middleware does, lets
+concurrent requests on several nodes slip past the limit, and it re-encodes one timestamp per request
+of the window on every request, which halved throughput here). Over the limit -> 429 problem+json
+with ``Retry-After``; every limited response carries ``RateLimit-Limit/Remaining/Reset``. If the
+counters' store is unreachable, requests are let through and the outage is logged once a minute:
+limits are a guard, not a reason to take the API down.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-import msgspec
-from litestar import Request
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.exceptions import TooManyRequestsException
-from litestar.middleware.rate_limit import (
-    DURATION_VALUES,
-    CacheObject,
-    DurationUnit,
-    RateLimitConfig,
-    RateLimitMiddleware,
-)
-from litestar.stores.base import Store
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from appliance.config import Settings
+from appliance.core.context import Context
 
-__all__ = ["rate_limit_middlewares"]
+__all__ = ["MemoryCounter", "RateLimitMiddleware", "RedisCounter", "Rule", "rate_limit_middleware"]
 
 log = logging.getLogger("appliance.ratelimit")
 
-_EXCLUDE = ["^/healthz$", "^/readyz$", "^/admin", "^/schema"]
+_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_EXCLUDE = re.compile(r"^/(healthz|readyz|metrics)$|^/(admin|schema)(/|$)")
 
 
-def _bearer_identity(request: Request[Any, Any, Any]) -> str:
-    # The raw key is never a store key: a digest identifies it without revealing it.
-    header = request.headers.get("authorization", "")
-    return hashlib.sha256(header.encode()).hexdigest()[:32]
+class Counter(Protocol):
+    async def hit(self, key: str, window_s: int) -> int:
+        """Count one request for ``key`` in the current window; return the window's count so far."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
 
 
-async def _has_bearer(request: Request[Any, Any, Any]) -> bool:
-    return request.headers.get("authorization", "").lower().startswith("bearer ")
+class MemoryCounter:
+    """Counters of one process; expired windows are dropped as new ones start."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._window_end: dict[str, float] = {}
+
+    async def hit(self, key: str, window_s: int) -> int:
+        now = time.time()
+        window = f"{key}:{int(now // window_s)}"
+        if len(self._counts) > 100_000:  # bound memory: forget windows that are over
+            self._forget_before(now)
+        self._window_end.setdefault(window, (int(now // window_s) + 1) * window_s)
+        self._counts[window] = count = self._counts.get(window, 0) + 1
+        return count
+
+    async def close(self) -> None:
+        self._counts.clear()
+        self._window_end.clear()
+
+    def _forget_before(self, now: float) -> None:
+        for window in [w for w, end in self._window_end.items() if end <= now]:
+            del self._window_end[window], self._counts[window]
 
 
-# The counters' store is Redis when configured. If it is unreachable, requests are let through
-# (limits are a guard, not a reason to take the API down) and the outage is logged, at most once a minute.
-_STORE_ERRORS = (OSError, ConnectionError, TimeoutError, RedisError)
+class RedisCounter:
+    """Counters shared by every node: INCR on a key per window, expiring with the window."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+    async def hit(self, key: str, window_s: int) -> int:
+        window = f"appliance:ratelimit:{key}:{int(time.time() // window_s)}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            count, _ = await pipe.incr(window).expire(window, window_s + 1).execute()
+        return int(count)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    limit: int
+    window_s: int
+
+
 _last_warning = 0.0
 
 
@@ -59,81 +105,86 @@ def _store_down(exc: BaseException) -> None:
         log.warning("rate-limit store unreachable (%s): requests are not being limited", exc)
 
 
-class _CountingRateLimit(RateLimitMiddleware):
-    """Litestar's middleware, storing a count per window instead of a timestamp per request.
+def _identity(scope: Scope) -> tuple[str | None, str]:
+    """(digest of the bearer key or None, client address). The raw key is never a counter name."""
+    key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            key = hashlib.sha256(value).hexdigest()[:32]
+            break
+    client = scope.get("client")
+    return key, client[0] if client else "unknown"
 
-    The stock middleware keeps a JSON list with one entry per request in the window and re-encodes
-    it on every request: O(limit) work per request, which halved throughput at realistic limits.
-    Only ``len()`` of that history is ever used, so a count (served as a ``range``) is equivalent.
-    """
 
-    async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:
-        duration = DURATION_VALUES[self.unit]
-        now = int(time.time())
-        try:
-            cached = await store.get(key)
-        except _STORE_ERRORS as exc:
-            _store_down(exc)
-            return CacheObject(history=[], reset=now + duration)
-        if cached:
-            count, reset = msgspec.json.decode(cached, type=tuple[int, int])
-            if reset > now:
-                return CacheObject(history=range(count), reset=reset)  # type: ignore[arg-type]
-        return CacheObject(history=[], reset=now + duration)
+class RateLimitMiddleware:
+    """Checks the per-key rule (requests with a bearer key) and the per-address rule (all requests)."""
 
-    async def set_cached_history(self, key: str, cache_object: CacheObject, store: Store) -> None:
-        count = len(cache_object.history) + 1
-        cache_object.history = range(count)  # type: ignore[assignment]
-        expires_in = max(1, cache_object.reset - int(time.time()))
-        try:
-            await store.set(key, msgspec.json.encode((count, cache_object.reset)), expires_in=expires_in)
-        except _STORE_ERRORS as exc:
-            _store_down(exc)
+    def __init__(self, app: ASGIApp, counter: Counter, per_key: Rule | None, per_ip: Rule | None) -> None:
+        self.app, self.counter, self.per_key, self.per_ip = app, counter, per_key, per_ip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except TooManyRequestsException as exc:
-            raise _with_retry_after(exc) from None
+        if scope["type"] != ScopeType.HTTP or _EXCLUDE.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        key, address = _identity(scope)
+        checks = [(self.per_key, key), (self.per_ip, address)]
+        shown: tuple[Rule, int] | None = None
+        for rule, who in checks:
+            if rule is None or who is None:
+                continue
+            try:
+                count = await self.counter.hit(f"{rule.name}:{who}", rule.window_s)
+            except (RedisError, OSError) as exc:
+                _store_down(exc)
+                continue
+            headers = _headers(rule, count)
+            if count > rule.limit:
+                raise TooManyRequestsException(
+                    detail=f"rate limit of {rule.limit} requests per {rule.window_s}s per {rule.name} exceeded:"
+                    " retry after the number of seconds in Retry-After",
+                    headers={**headers, "Retry-After": headers["RateLimit-Reset"]},
+                )
+            shown = shown or (rule, count)
+        if shown is None:
+            await self.app(scope, receive, send)
+            return
+        extra = _headers(*shown)
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                target = MutableScopeHeaders.from_message(message)
+                for name, value in extra.items():
+                    target[name] = value
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
-class PerKeyRateLimit(_CountingRateLimit):
-    """Limits each API key (its own class name gives it counters apart from the per-address limit)."""
+def _headers(rule: Rule, count: int) -> dict[str, str]:
+    reset = rule.window_s - int(time.time()) % rule.window_s
+    return {
+        "RateLimit-Limit": str(rule.limit),
+        "RateLimit-Remaining": str(max(0, rule.limit - count)),
+        "RateLimit-Reset": str(max(1, reset)),
+        "RateLimit-Policy": f"{rule.limit}; w={rule.window_s}",
+    }
 
 
-class PerAddressRateLimit(_CountingRateLimit):
-    """Limits each client address."""
+def _rule(name: str, rate: tuple[str, int] | None) -> Rule | None:
+    return Rule(name=name, limit=rate[1], window_s=_SECONDS[rate[0]]) if rate else None
 
 
-def _with_retry_after(exc: TooManyRequestsException) -> TooManyRequestsException:
-    headers = dict(exc.headers or {})
-    headers["Retry-After"] = str(max(1, int(headers.get("RateLimit-Reset", "1") or 1)))
-    return TooManyRequestsException(
-        detail="rate limit exceeded: retry after the number of seconds in Retry-After", headers=headers
-    )
+def rate_limit_middleware(ctx: Context) -> list[Callable[[ASGIApp], ASGIApp]]:
+    """The configured limiter as a Litestar middleware factory (nothing when both limits are off)."""
+    settings = ctx.settings
+    per_key = _rule("key", settings.rate("rate_limit_per_key"))
+    per_ip = _rule("address", settings.rate("rate_limit_per_ip"))
+    if per_key is None and per_ip is None:
+        return []
+    counter: Counter = RedisCounter(settings.redis_url) if settings.redis_url else MemoryCounter()
+    ctx.on_shutdown(counter.close)
 
+    def factory(app: ASGIApp) -> ASGIApp:  # Litestar passes the next app as ``app=``
+        return RateLimitMiddleware(app, counter, per_key, per_ip)
 
-def rate_limit_middlewares(settings: Settings) -> list[Any]:
-    """The configured rate-limit middlewares (none when both limits are off)."""
-    out: list[Any] = []
-    per_key = settings.rate("rate_limit_per_key")
-    if per_key:
-        out.append(
-            RateLimitConfig(
-                rate_limit=(cast(DurationUnit, per_key[0]), per_key[1]),
-                exclude=_EXCLUDE,
-                identifier_for_request=_bearer_identity,
-                check_throttle_handler=_has_bearer,
-                middleware_class=PerKeyRateLimit,
-            ).middleware
-        )
-    per_ip = settings.rate("rate_limit_per_ip")
-    if per_ip:
-        out.append(
-            RateLimitConfig(
-                rate_limit=(cast(DurationUnit, per_ip[0]), per_ip[1]),
-                exclude=_EXCLUDE,
-                middleware_class=PerAddressRateLimit,
-            ).middleware
-        )
-    return out
+    return [factory]
