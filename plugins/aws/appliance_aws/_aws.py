@@ -60,25 +60,28 @@ class AwsClients:
         # is overridden (moto, a local gateway), where bucket host names do not resolve.
         self.s3_addressing = s3_addressing or ("path" if self.endpoint_overridden("s3") else "virtual")
         self._session = get_session()
-        self._clients: dict[str, Any] = {}
-        self._stack = contextlib.AsyncExitStack()
-        self._lock = asyncio.Lock()
+        # Clients are bound to the event loop they were made on: one set per loop (the app's, a CLI's).
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopClients] = {}
 
     async def client(self, service: str) -> Any:
         """The client for ``service`` (``s3``, ``ses``, ``sns``, ``events``, ``sts``), created on first use."""
-        existing = self._clients.get(service)
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopClients()
+        existing = state.clients.get(service)
         if existing is not None:
             return existing
-        async with self._lock:
-            if service not in self._clients:
+        async with state.lock:
+            if service not in state.clients:
                 config = self._config
                 if service == "s3":
                     config = config.merge(AioConfig(s3={"addressing_style": self.s3_addressing}))
                 creator = self._session.create_client(
                     service, region_name=self.region, config=config, **self._kwargs
                 )
-                self._clients[service] = await self._stack.enter_async_context(creator)
-            return self._clients[service]
+                state.clients[service] = await state.stack.enter_async_context(creator)
+            return state.clients[service]
 
     def endpoint_overridden(self, service: str) -> bool:
         """Whether ``service`` is reached somewhere else than AWS (an argument or ``AWS_ENDPOINT_URL*``)."""
@@ -95,6 +98,17 @@ class AwsClients:
         return f"{answer.get('Arn', '?')} (account {answer.get('Account', '?')})"
 
     async def close(self) -> None:
-        self._clients.clear()
-        stack, self._stack = self._stack, contextlib.AsyncExitStack()
-        await stack.aclose()
+        """Close the clients of the running loop; forget those of loops that are gone."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        for other in [other for other in self._loops if other.is_closed()]:
+            del self._loops[other]
+        if state is not None:
+            await state.stack.aclose()
+
+
+class _LoopClients:
+    def __init__(self) -> None:
+        self.clients: dict[str, Any] = {}
+        self.stack = contextlib.AsyncExitStack()
+        self.lock = asyncio.Lock()
