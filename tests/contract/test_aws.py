@@ -311,3 +311,29 @@ def test_an_unselected_plugin_does_not_import_aiobotocore() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+async def test_s3_creates_its_bucket_in_the_configured_region(moto_peer: MotoPeer) -> None:
+    kwargs = {**moto_peer.client_kwargs(), "region": "eu-west-1"}
+    store = S3BlobStore(AwsClients(**kwargs), f"eu-{secrets.token_hex(4)}")
+    await store.start()
+    try:
+        await store.put("acme", "a/b", chunks(b"x"))
+        s3 = await store.clients.client("s3")
+        location = await s3.get_bucket_location(Bucket=store.bucket)
+        assert location["LocationConstraint"] == "eu-west-1"
+    finally:
+        await store.close()
+
+
+def test_s3_addressing_is_virtual_on_aws_and_path_on_a_custom_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    on_aws = AwsClients()
+    assert (on_aws.s3_addressing, on_aws.region) == ("virtual", "eu-central-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    assert AwsClients().s3_addressing == "path"
+    assert AwsClients(s3_addressing="virtual").s3_addressing == "virtual"
