@@ -264,7 +264,13 @@ async def test_every_port_switches_to_aws_by_configuration(
         event = {"source": "shop", "type": "order.paid", "payload": {"n": 2}}
         assert (await client.post("/v1/events", json=event, headers=ROOT)).status_code in (201, 202)
         ctx: Context = app.state.ctx
-        await ctx.service("events", EventService).drain()
+        await ctx.service("events", EventService).drain()  # on this test's loop, not the app's
+        forwarder = next(
+            c.__self__
+            for c in ctx.health
+            if getattr(c, "__self__", None).__class__.__name__ == "EventBridgeForwarder"
+        )
+        await forwarder.clients.close()  # the clients the drain made on this loop
     [message] = await received(clients, url)
     assert message["detail-type"] == "order.paid" and message["detail"]["payload"] == {"n": 2}
     await clients.close()
