@@ -10,7 +10,7 @@ that other capabilities extend, e.g. ``email`` from the notify capability.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import msgspec
 from litestar.types import ControllerRouterHandler
@@ -18,12 +18,48 @@ from litestar.types import ControllerRouterHandler
 from appliance.core.outbox import Event
 
 if TYPE_CHECKING:
-    from appliance.core.context import Context
+    from appliance.core.context import BackendStatus, Context
 
-__all__ = ["DELIVERY_QUEUE", "Event", "EventService", "NewEvent", "NewRule", "Rule", "install"]
+__all__ = [
+    "DELIVERY_QUEUE",
+    "FORWARD_PATTERN",
+    "Event",
+    "EventForwarder",
+    "EventService",
+    "NewEvent",
+    "NewRule",
+    "Rule",
+    "install",
+]
 
 DELIVERY_QUEUE = "events"
 """The queue rule deliveries and in-process handlers run in: ``GET /v1/queues/events/dead`` shows failures."""
+
+FORWARD_PATTERN: dict[str, Any] = {"type": [{"exists": True}]}
+"""Matches every event: what a forwarder (``APPLIANCE_EVENTS_BACKEND``) receives."""
+
+
+class EventForwarder(Protocol):
+    """A plugin's copy of every dispatched event to an external bus (``APPLIANCE_EVENTS_BACKEND``).
+
+    Local dispatch is unchanged; :meth:`forward` runs as one more in-process handler named
+    ``forward:<name>``, so it is at least once, retried with backoff and dead-lettered in ``events``.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Prepare (called once at startup); must not fail when the bus is unreachable."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def forward(self, event: Event) -> None:
+        """Put ``event`` on the bus; raise to have the delivery retried."""
+
+    async def health(self) -> BackendStatus:
+        """Whether the bus answers, for ``/readyz`` and ``appliance doctor``."""
+
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")]
 

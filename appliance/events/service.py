@@ -17,7 +17,7 @@ from appliance.core.errors import Conflict, NotFound, Unprocessable
 from appliance.core.ids import new_id
 from appliance.core.outbox import Event, emit
 from appliance.core.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
-from appliance.events import DELIVERY_QUEUE, NewRule, Rule
+from appliance.events import DELIVERY_QUEUE, FORWARD_PATTERN, EventForwarder, NewRule, Rule
 from appliance.events.patterns import Pattern, PatternError, compile_pattern
 from appliance.events.targets import (
     CHANNEL_JOB,
@@ -28,10 +28,10 @@ from appliance.events.targets import (
     event_document,
 )
 from appliance.jobs import Job, JobService, NewJob, PermanentJobError
+from appliance.plugin import EventHandlerSpec
 
 if TYPE_CHECKING:
     from appliance.core.context import Context
-    from appliance.plugin import EventHandlerSpec
 
 __all__ = ["HANDLER_JOB", "MIGRATIONS", "EventService", "install_service"]
 
@@ -361,4 +361,19 @@ def install_service(ctx: Context) -> EventService:
     ctx.register_job_handler(CHANNEL_JOB, service.broadcast)
     ctx.on_startup(service.start)
     ctx.on_shutdown(service.stop)
+    forwarder: EventForwarder | None = ctx.plugin_backend("events")
+    if forwarder is not None:
+        _install_forwarder(ctx, forwarder)
     return service
+
+
+def _install_forwarder(ctx: Context, forwarder: EventForwarder) -> None:
+    """Forward every event to the plugin's bus, as an in-process handler (at least once, with retries)."""
+
+    async def forward(_ctx: Context, event: Event) -> None:
+        await forwarder.forward(event)
+
+    ctx.register_event_handler(EventHandlerSpec(f"forward:{forwarder.name}", FORWARD_PATTERN, forward))
+    ctx.health.append(forwarder.health)
+    ctx.on_startup(forwarder.start)
+    ctx.on_shutdown(forwarder.close)

@@ -1,4 +1,4 @@
-"""The Mailer contract: every adapter (``capture``, ``smtp``) delivers the same MIME, the same way.
+"""The Mailer contract: every adapter (``capture``, ``smtp``, the AWS plugin's ``aws-ses`` on moto) delivers the same MIME.
 
 Then what only the SMTP adapter can show: the URL forms (AUTH, STARTTLS, implicit TLS), connection
 reuse, a down server as MailerUnavailable and a 550 as MailRejected, all against real aiosmtpd servers.
@@ -61,7 +61,7 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
     await db.close()
 
 
-@pytest.fixture(params=["capture", "smtp"])
+@pytest.fixture(params=["capture", "smtp", "aws-ses"])
 async def harness(
     request: pytest.FixtureRequest, database: Database, smtp_peer: SmtpPeer
 ) -> AsyncIterator[Harness]:
@@ -74,6 +74,23 @@ async def harness(
             return [item.mime.encode() for item in reversed(page.items)][:n]
 
         yield Harness(capture, captured)
+        return
+    if request.param == "aws-ses":
+        from appliance_aws._aws import AwsClients
+        from appliance_aws.ses import SesMailer
+
+        moto = request.getfixturevalue("moto_peer")
+        ses = SesMailer(AwsClients(**moto.client_kwargs()))
+        await (await ses.clients.client("ses")).verify_email_identity(EmailAddress="sender@appliance.test")
+        already = len(moto.data().get("ses", {}).get("RawMessage", []))
+
+        async def sent_through_ses(n: int) -> list[bytes]:
+            raw = moto.data()["ses"]["RawMessage"][already:]
+            assert len(raw) >= n
+            return [str(item["raw_data"]).encode() for item in raw[:n]]
+
+        yield Harness(ses, sent_through_ses)
+        await ses.close()
         return
     smtp_peer.clear()
     smtp = SmtpMailer(smtp_peer.url)

@@ -1,4 +1,4 @@
-"""The BlobStore contract: every adapter (local files, S3 on a real MinIO) passes it unchanged."""
+"""The BlobStore contract: every adapter (local files, S3 on a real MinIO, the AWS plugin's S3 on moto) passes it unchanged."""
 
 from __future__ import annotations
 
@@ -16,11 +16,18 @@ from appliance.storage.s3 import PART_SIZE, S3BlobStore
 from tests.peers import MinioPeer, free_port
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "aws-s3"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
     blob_store: BlobStore
     if request.param == "local":
         blob_store = LocalBlobStore(tmp_path / "blobs")
+    elif request.param == "aws-s3":
+        from appliance_aws._aws import AwsClients
+        from appliance_aws.s3 import S3BlobStore as AwsS3BlobStore
+
+        moto = request.getfixturevalue("moto_peer")
+        bucket = f"contract-{secrets.token_hex(6)}"
+        blob_store = AwsS3BlobStore(AwsClients(**moto.client_kwargs()), bucket, sse="AES256")
     else:
         peer: MinioPeer = request.getfixturevalue("minio_peer")
         bucket = f"contract-{secrets.token_hex(6)}"
