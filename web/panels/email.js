@@ -41,11 +41,11 @@ export async function render(el, api) {
   async function status(id) {
     const record = await attempt(viewer, () => api.get(`/v1/email/${encodeURIComponent(id)}`));
     if (!record) return;
-    viewer.replaceChildren(
+    viewer.replaceChildren(h("div", {},
       h("dl", { class: "kv" }, h("dt", {}, "Id"), h("dd", {}, h("code", {}, record.id)), h("dt", {}, "To"), h("dd", {}, record.to.join(", ")), h("dt", {}, "Subject"), h("dd", {}, record.subject || "—"), h("dt", {}, "Status"), h("dd", {}, badge(record.status, STATUS_KIND[record.status])), h("dt", {}, "Attempts"), h("dd", {}, `${record.attempts} of ${record.max_attempts}`)),
       record.error ? h("div", { class: "alert alert-error" }, record.error) : null,
       h("details", {}, h("summary", {}, "Full record"), jsonBlock(record)),
-    );
+    ));
   }
 
   async function load() {
@@ -111,7 +111,8 @@ export async function render(el, api) {
     previewBox.replaceChildren(h("p", { class: "hint" }, `Subject: ${preview(subject.value, data).replace(/&#(\d+);/g, (_, c) => String.fromCharCode(c))}`), sandboxed(preview(html.value, data), "Template preview"));
   }
   for (const input of [subject, html, sample]) input.addEventListener("input", drawPreview);
-  const templateForm = h("form", { "aria-label": "Edit a template" }, h("div", { class: "row" }, field("Template name", name), field("Subject", subject)), field("HTML", html), field("Text", text), field("Sample data for the preview (JSON)", sample), h("div", { class: "actions" }, button("Save template", null, { kind: "primary", type: "submit" }), button("Send test", () => sendTest())));
+  const testTo = h("input", { name: "test_to", type: "email", value: "test@example.com" });
+  const templateForm = h("form", { "aria-label": "Edit a template" }, h("div", { class: "row" }, field("Template name", name), field("Subject", subject)), field("HTML", html), field("Text", text), field("Sample data for the preview (JSON)", sample), field("Send the test to", testTo, "the test renders the saved template with the sample data"), h("div", { class: "actions" }, button("Save template", null, { kind: "primary", type: "submit" }), button("Send test", () => sendTest())));
   templateForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const saved = await attempt(error, () => api.put(`/v1/templates/${encodeURIComponent(name.value.trim())}`, { subject: subject.value, html: html.value, text: text.value }));
@@ -119,7 +120,6 @@ export async function render(el, api) {
     toast(`Template ${saved.name} saved`, "success");
     loadTemplates();
   });
-  const testTo = h("input", { name: "test_to", type: "email", value: "test@example.com" });
   async function sendTest() {
     const sent = await attempt(error, () => api.post("/v1/email", { to: testTo.value.trim(), template: name.value.trim(), data: parseJson(sample.value, "sample data") ?? {} }));
     if (!sent) return;
@@ -140,7 +140,7 @@ export async function render(el, api) {
     error,
     h("div", { class: "grid grid-2" }, card("Captured messages", field("Recipient", to), messages), card("Message", viewer)),
     card("Templates", templates),
-    h("div", { class: "grid grid-2" }, card("Template", templateForm, field("Send the test to", testTo)), card("Preview", previewBox)),
+    h("div", { class: "grid grid-2" }, card("Template", templateForm), card("Preview", previewBox)),
   );
   drawPreview();
   await Promise.all([load(), loadTemplates()]);

@@ -23,7 +23,7 @@ function jobDetail(job) {
     history.length
       ? h("ol", { class: "attempts", "aria-label": "Attempts" }, history.map((a) => h("li", {}, `Attempt ${a.attempt} · ${formatTime(a.started_at)}`, a.error ? h("span", { class: "hint" }, ` · ${a.error}`) : h("span", { class: "hint" }, a.finished_at ? " · succeeded" : " · running")))) 
       : null,
-    h("details", { open: true }, h("summary", {}, "Full record"), jsonBlock(job)),
+    h("details", {}, h("summary", {}, "Full record"), jsonBlock(job)),
   );
 }
 
@@ -116,7 +116,7 @@ export async function render(el, api) {
     loadDead();
   });
 
-  el.replaceChildren(panelHeader("Jobs", `Queues of tenant ${api.tenant}.`), card(null, pick), error, h("div", { class: "grid grid-2" }, card("Dead letters", dead), card("Job detail", lookup, detail)), card("Enqueue a job", enqueue));
+  el.replaceChildren(panelHeader("Jobs", `Queues of tenant ${api.tenant}.`), card(null, pick), error, card("Dead letters", dead), h("div", { class: "grid grid-2" }, card("Job detail", lookup, detail), card("Enqueue a job", enqueue)));
   await loadDead();
   const timer = setInterval(loadDead, 2000);
   return () => clearInterval(timer);

@@ -28,7 +28,8 @@ export async function render(el, api) {
       await show(id);
       load();
     });
-    detail.replaceChildren(
+    // Native replaceChildren() would print null as "null": h() skips it.
+    detail.replaceChildren(h("div", {},
       h("dl", { class: "kv" }, h("dt", {}, "Id"), h("dd", {}, h("code", {}, payment.id)), h("dt", {}, "Amount"), h("dd", {}, money(payment.amount, payment.currency)), h("dt", {}, "Status"), h("dd", {}, badge(payment.status, STATUS_KIND[payment.status] || "neutral")), h("dt", {}, "Captured"), h("dd", {}, money(payment.amount_captured, payment.currency)), h("dt", {}, "Refunded"), h("dd", {}, money(payment.amount_refunded, payment.currency)), h("dt", {}, "Customer"), h("dd", {}, payment.customer || "—"), h("dt", {}, "Provider id"), h("dd", {}, h("code", {}, payment.provider_id || "—"))),
       payment.failure ? h("div", { class: "alert alert-error" }, payment.failure) : null,
       payment.refunds.length
@@ -47,7 +48,7 @@ export async function render(el, api) {
       payment.status === "succeeded" && refundable > 0 ? refund : h("p", { class: "hint" }, payment.status === "succeeded" ? "Fully refunded." : `Only succeeded payments can be refunded (this one is ${payment.status.replaceAll("_", " ")}).`),
       refundError,
       h("details", {}, h("summary", {}, "Full record"), jsonBlock(payment)),
-    );
+    ));
   }
 
   async function load() {
@@ -92,6 +93,6 @@ export async function render(el, api) {
     load();
   });
 
-  el.replaceChildren(panelHeader("Payments", `Ledger of tenant ${api.tenant}.`, button("Refresh", load, { iconName: "refresh" })), error, card("Ledger", ledger), h("div", { class: "grid grid-2" }, card("Payment", lookup, detail), card("Test payment", charge)));
+  el.replaceChildren(panelHeader("Payments", `Ledger of tenant ${api.tenant}.`, button("Refresh", load, { iconName: "refresh" })), error, card("Ledger", ledger), h("div", { class: "grid grid-2" }, card("Test payment", charge), card("Look up a payment", lookup)), card("Payment", detail));
   await load();
 }

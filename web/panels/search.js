@@ -131,7 +131,7 @@ export async function render(el, api) {
     );
   });
 
-  el.replaceChildren(panelHeader("Search", `Indexes of tenant ${api.tenant}.`, button("Refresh", loadIndexes, { iconName: "refresh" })), card("Indexes", indexes, field("Index", index), names, info), error, h("div", { class: "grid grid-2" }, card("Settings", settings), card("Documents", docsForm)), card("Query", query, results));
+  el.replaceChildren(panelHeader("Search", `Indexes of tenant ${api.tenant}.`, button("Refresh", loadIndexes, { iconName: "refresh" })), card("Indexes", field("Index", index, "pick one below or name a new one"), names, info, indexes), error, h("div", { class: "grid grid-2" }, card("Settings", settings), card("Documents", docsForm)), card("Query", query, results));
   await loadIndexes();
   if (index.value.trim()) await choose(index.value.trim());
 }
