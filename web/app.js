@@ -16,6 +16,7 @@ const PANELS = [
   { id: "realtime", title: "Realtime", icon: "realtime", capability: "realtime" },
   { id: "email", title: "Email", icon: "email", capability: "notify" },
   { id: "payments", title: "Payments", icon: "payments", capability: "payments" },
+  { id: "users", title: "Users", icon: "users", capability: "users" },
   { id: "plugins", title: "Plugins", icon: "plugins" },
 ];
 

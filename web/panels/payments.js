@@ -88,7 +88,7 @@ export async function render(el, api) {
     if (customer.value.trim()) body.customer = customer.value.trim();
     const payment = await attempt(error, () => api.post("/v1/payments", body, { headers: { "Idempotency-Key": idempotencyKey() } }));
     if (!payment) return;
-    toast(`Payment ${payment.id} is ${payment.status}`, "success");
+    toast(`Payment ${payment.id} created: ${payment.status.replaceAll("_", " ")}`, "success");
     show(payment.id);
     load();
   });
