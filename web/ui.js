@@ -78,7 +78,7 @@ export function toast(message, kind = "info") {
   const region = document.getElementById("toasts");
   const item = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status" }, message);
   region.append(item);
-  setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
+  setTimeout(() => item.remove(), kind === "error" ? 8000 : 6000);
 }
 
 /** An error from the API, in words: its title and problem+json detail. */

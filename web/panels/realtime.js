@@ -6,7 +6,7 @@ const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 export async function render(el, api) {
   const error = h("div", {});
   const connections = h("div", {});
-  const count = h("span", { class: "stat-value" }, "—");
+  const count = h("strong", {}, "—");
 
   async function load() {
     const page = await attempt(connections, () => api.get("/v1/connections?limit=500"));
@@ -52,7 +52,8 @@ export async function render(el, api) {
   el.replaceChildren(
     panelHeader("Realtime", `WebSocket clients of tenant ${api.tenant}.`, refresh),
     error,
-    h("div", { class: "grid grid-2" }, h("div", { class: "stack" }, h("div", { class: "card stat" }, count, h("span", { class: "stat-label" }, "Live connections")), card("Connections", connections)), card("Test broadcast", form)),
+    card("Connections", h("p", { class: "hint" }, count, " live connection(s) on every node, refreshed every 5 s"), connections),
+    card("Test broadcast", form),
   );
   await load();
   const timer = setInterval(load, 5000);
