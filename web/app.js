@@ -16,6 +16,7 @@ const PANELS = [
   { id: "realtime", title: "Realtime", icon: "realtime", capability: "realtime" },
   { id: "email", title: "Email", icon: "email", capability: "notify" },
   { id: "payments", title: "Payments", icon: "payments", capability: "payments" },
+  { id: "users", title: "Users", icon: "users", capability: "users" },
   { id: "plugins", title: "Plugins", icon: "plugins" },
 ];
 
@@ -145,8 +146,13 @@ async function loadModule(id) {
   return { module: await import(`./panels/${panel.id}.js`), panel };
 }
 
+let routeSeq = 0;
+
 async function route() {
   if (!api.session) return;
+  // A navigation that a newer one overtook (a slow import or render) must not touch the page.
+  const seq = ++routeSeq;
+  const current = () => seq === routeSeq;
   const id = decodeURIComponent(location.hash.replace(/^#\/?/, "")) || "overview";
   const main = document.getElementById("main");
   if (cleanup) cleanup();
@@ -156,6 +162,7 @@ async function route() {
   main.replaceChildren(h("p", { class: "loading", role: "status" }, "Loading…"));
   try {
     const loaded = await loadModule(id);
+    if (!current()) return;
     if (!loaded) {
       main.replaceChildren(ui.panelHeader("Not found"), ui.empty(`There is no panel called “${id}”.`));
       return;
@@ -168,9 +175,14 @@ async function route() {
       const el = h("div", { class: "panel", dataset: { panel: panel.id } });
       main.replaceChildren(el);
       const result = await module.render(el, api);
+      if (!current()) {
+        if (typeof result === "function") result(); // its timers stop with it
+        return;
+      }
       if (typeof result === "function") cleanup = result;
     }
   } catch (error) {
+    if (!current()) return;
     main.replaceChildren(ui.panelHeader("Something went wrong"), ui.errorBox(error));
   }
   const title = main.querySelector("h1");

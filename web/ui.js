@@ -40,6 +40,7 @@ export function s(tag, attrs = {}, ...children) {
 
 const ICONS = {
   overview: "M3 13h8V3H3zm0 8h8v-6H3zm10 0h8V11h-8zm0-18v6h8V3z",
+  users: "M9 11a3.5 3.5 0 1 0-3.5-3.5A3.5 3.5 0 0 0 9 11zm0 2c-2.7 0-7 1.3-7 4v2h14v-2c0-2.7-4.3-4-7-4zm7-2a3 3 0 1 0-3-3 3 3 0 0 0 3 3zm.7 2a5.6 5.6 0 0 1 2.3 4v2h3v-2c0-2.3-3.2-3.7-5.3-4z",
   tenants: "M12 12a4 4 0 1 0-4-4 4 4 0 0 0 4 4zm0 2c-3 0-8 1.5-8 4.5V21h16v-2.5C20 15.5 15 14 12 14z",
   storage: "M4 4h16v5H4zm0 7h16v9H4zm3-5v1h2V6zm0 8v2h2v-2z",
   search: "M10 3a7 7 0 0 1 5.6 11.2l5.1 5.1-1.4 1.4-5.1-5.1A7 7 0 1 1 10 3zm0 2a5 5 0 1 0 0 10 5 5 0 0 0 0-10z",
@@ -77,7 +78,7 @@ export function toast(message, kind = "info") {
   const region = document.getElementById("toasts");
   const item = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status" }, message);
   region.append(item);
-  setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
+  setTimeout(() => item.remove(), kind === "error" ? 8000 : 6000);
 }
 
 /** An error from the API, in words: its title and problem+json detail. */

@@ -27,6 +27,7 @@ CAPABILITY_PATHS = {
     "realtime": "/v1/connections",
     "notify": "/v1/email",
     "payments": "/v1/payments",
+    "users": "/v1/users",
 }
 
 

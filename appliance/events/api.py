@@ -7,15 +7,17 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import JSONBody, Parameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
+from appliance.core.errors import Unprocessable
 from appliance.core.idempotency import IdempotencyKey, idempotent_response
 from appliance.core.outbox import Event
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 from appliance.events import EventService, NewEvent, NewRule, Rule
+from appliance.events.patterns import PatternError, compile_pattern
 
 __all__ = ["routes"]
 
@@ -26,6 +28,17 @@ Since = Annotated[float | None, Parameter(ge=0, description="only events created
 
 class Accepted(msgspec.Struct):
     id: str
+
+
+class PatternTest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/rules:test``: a pattern and a sample ``{source, type, payload}``."""
+
+    pattern: dict[str, Any]
+    event: dict[str, Any]
+
+
+class PatternVerdict(msgspec.Struct):
+    matches: bool
 
 
 def _public(rule: Rule) -> Rule:
@@ -111,5 +124,21 @@ class RuleController(Controller):
         await ctx.service("events", EventService).delete_rule(principal.tenant, rule_id)
 
 
+@post(
+    "/v1/rules:test",
+    status_code=HTTP_200_OK,
+    guards=[requires("events")],
+    tags=["events"],
+    summary="Whether a sample event matches a pattern, by the matcher rules use (422 if malformed)",
+)
+async def try_pattern(data: JSONBody[PatternTest]) -> PatternVerdict:
+    try:
+        pattern = compile_pattern(data.pattern)
+    except PatternError as exc:
+        raise Unprocessable(str(exc)) from None
+    document = {key: data.event[key] for key in ("source", "type", "payload") if key in data.event}
+    return PatternVerdict(matches=pattern.matches(document))
+
+
 def routes() -> list[ControllerRouterHandler]:
-    return [EventController, RuleController]
+    return [EventController, RuleController, try_pattern]

@@ -252,6 +252,7 @@ async def test_plugins_and_capabilities(settings: Settings) -> None:
             "realtime": True,
             "notify": True,
             "payments": True,
+            "users": True,
         }
 
 

@@ -218,8 +218,45 @@ async def test_events_need_the_events_scope(client: Client, make_tenant: MakeTen
         ("GET", "/v1/events"),
         ("GET", "/v1/rules"),
         ("POST", "/v1/rules"),
+        ("POST", "/v1/rules:test"),
     ]:
         assert_problem(await client.request(method, path, json={}, headers=headers), 403)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "event", "matches"),
+    [
+        ({"type": ["user.created"]}, {"type": "user.created"}, True),
+        ({"type": [{"prefix": "user."}]}, {"source": "users", "type": "order.paid"}, False),
+        ({"payload": {"n": [{"numeric": [">", 0, "<=", 5]}]}}, {"payload": {"n": 5}}, True),
+        ({"payload": {"email": [{"exists": False}]}}, {"type": "x"}, True),
+        ({"type": ["x"]}, {"id": "evt_1", "type": "x", "created_at": 1}, True),  # other fields are ignored
+    ],
+)
+async def test_rules_test_uses_the_rule_matcher(
+    client: Client, make_tenant: MakeTenant, pattern: Any, event: Any, matches: bool
+) -> None:
+    headers = await make_tenant("acme", ("events",))
+    response = await client.post("/v1/rules:test", json={"pattern": pattern, "event": event}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"matches": matches}
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"pattern": {"type": [{"numeric": [">="]}]}, "event": {}}, "type[0].numeric"),
+        ({"pattern": {"colour": ["red"]}, "event": {}}, "unknown field"),
+        ({"pattern": {}, "event": "not an object"}, "event"),
+        ({"pattern": {}}, "event"),
+    ],
+)
+async def test_rules_test_says_what_is_wrong(
+    client: Client, make_tenant: MakeTenant, body: Any, detail: str
+) -> None:
+    headers = await make_tenant("acme", ("events",))
+    problem = assert_problem(await client.post("/v1/rules:test", json=body, headers=headers), 422)
+    assert detail in problem["detail"]
 
 
 async def test_publish_and_read_the_log(client: Client, make_tenant: MakeTenant) -> None:

@@ -2,13 +2,14 @@
 import { matches } from "../patterns.js";
 import { attempt, badge, button, card, confirmAction, field, formatTime, h, jsonBlock, panelHeader, parseJson, table, toast } from "../ui.js";
 
-const TARGET_EXAMPLE = '[{"type": "webhook", "url": "http://127.0.0.1:9000/hook", "secret": "s3cret"}]';
+const TARGET_EXAMPLE = '[{"kind": "channel", "name": "signups"}]';
+const TAIL_SIZE = 200;
 
 function tailItem(event) {
   return h(
     "div",
     { class: "tail-item" },
-    h("div", { class: "spread" }, h("strong", {}, event.type), h("span", { class: "hint" }, `${event.source} · ${formatTime(event.created_at ?? event.time)}`)),
+    h("div", { class: "spread" }, h("strong", {}, event.type), h("span", { class: "hint" }, `${event.source} · ${formatTime(event.created_at)}`)),
     h("details", {}, h("summary", {}, "Payload"), jsonBlock(event.payload)),
   );
 }
@@ -21,27 +22,31 @@ export async function render(el, api) {
   const pause = h("input", { type: "checkbox", name: "pause" });
   const tail = h("div", { class: "tail", role: "log", "aria-label": "Event log", "aria-live": "off" });
   const tailStatus = h("div", {});
+  // `since` is a time (unix seconds, inclusive): ask from the newest event seen, drop the ids already shown.
+  // The first poll reads the last day, every page of it, and keeps the newest TAIL_SIZE.
   let since = null;
   let seen = [];
+  const ids = new Set();
   async function poll() {
     if (pause.checked) return;
-    const qs = new URLSearchParams({ limit: "100" });
+    const qs = new URLSearchParams({ since: String(since ?? Date.now() / 1000 - 86400) });
     if (typeFilter.value.trim()) qs.set("type", typeFilter.value.trim());
-    if (since) qs.set("since", since);
-    const page = await attempt(tailStatus, () => api.get(`/v1/events?${qs}`));
-    if (!page) return;
-    const items = page.items || [];
-    if (!items.length) {
+    const items = await attempt(tailStatus, () => api.all(`/v1/events?${qs}`, 5000));
+    if (!items) return;
+    const fresh = items.filter((event) => !ids.has(event.id));
+    if (items.length) since = items.at(-1).created_at;
+    if (!fresh.length) {
       if (!seen.length) tail.replaceChildren(h("p", { class: "empty-inline" }, "No events yet. New ones appear here as they happen."));
       return;
     }
-    since = items.at(-1).id;
-    seen = [...items.reverse(), ...seen].slice(0, 200);
+    for (const event of fresh) ids.add(event.id);
+    seen = [...fresh.reverse(), ...seen].slice(0, TAIL_SIZE);
     tail.replaceChildren(...seen.map(tailItem));
   }
   typeFilter.addEventListener("change", () => {
     since = null;
     seen = [];
+    ids.clear();
     poll();
   });
 
@@ -70,7 +75,7 @@ export async function render(el, api) {
         [
           { label: "Name", value: (r) => h("strong", {}, r.name) },
           { label: "Pattern", value: (r) => h("code", {}, JSON.stringify(r.pattern)) },
-          { label: "Targets", value: (r) => h("div", { class: "badges" }, (r.targets || []).map((t) => badge(t.type || "target", "accent"))) },
+          { label: "Targets", value: (r) => h("div", { class: "badges" }, (r.targets || []).map((t) => badge(t.kind || "target", "accent"))) },
           { label: "Actions", class: "actions-cell", value: (r) => button("Delete", () => removeRule(r), { class: "btn btn-danger btn-small", "aria-label": `Delete rule ${r.name}` }) },
         ],
         page.items || [],
@@ -93,23 +98,47 @@ export async function render(el, api) {
   const targets = h("textarea", { name: "targets" });
   targets.value = TARGET_EXAMPLE;
   const verdict = h("div", { "aria-live": "polite", "data-testid": "pattern-verdict" });
-  function test() {
+  // The verdict is the server's (POST /v1/rules:test runs the matcher rules use), so the tester and
+  // delivery can never disagree; the bundled matcher answers at once while the server's verdict is on its way.
+  let asked = 0;
+  async function test() {
+    const ask = ++asked;
+    let parsedPattern;
+    let parsedSample;
     try {
-      const ok = matches(JSON.parse(pattern.value), JSON.parse(sample.value));
-      verdict.replaceChildren(h("div", { class: `alert ${ok ? "alert-ok" : "alert-warn"} match` }, ok ? "✓ The sample event matches this pattern." : "✗ The sample event does not match this pattern."));
+      parsedPattern = JSON.parse(pattern.value);
+      parsedSample = JSON.parse(sample.value);
     } catch (err) {
       verdict.replaceChildren(h("div", { class: "alert alert-error", role: "alert" }, `Cannot test: ${err.message}`));
+      return;
+    }
+    const show = (ok, where) => verdict.replaceChildren(h("div", { class: `alert ${ok ? "alert-ok" : "alert-warn"} match` }, ok ? "✓ The sample event matches this pattern" : "✗ The sample event does not match this pattern", h("span", { class: "hint" }, ` (${where})`)));
+    try {
+      show(matches(parsedPattern, parsedSample), "checking with the server…");
+    } catch {
+      verdict.replaceChildren();
+    }
+    try {
+      const result = await api.post("/v1/rules:test", { pattern: parsedPattern, event: parsedSample });
+      if (ask === asked) show(result.matches, "server's matcher");
+    } catch (err) {
+      if (ask === asked) verdict.replaceChildren(h("div", { class: "alert alert-error", role: "alert" }, `Cannot test: ${err.detail || err.message}`));
     }
   }
-  pattern.addEventListener("input", test);
-  sample.addEventListener("input", test);
+  let debounce = null;
+  const retest = () => {
+    clearTimeout(debounce);
+    debounce = setTimeout(test, 250);
+  };
+  pattern.addEventListener("input", retest);
+  sample.addEventListener("input", retest);
   const ruleForm = h(
     "form",
     { "aria-label": "Create a rule" },
     field("Rule name", ruleName),
     h("div", { class: "grid grid-2" }, field("Pattern (EventBridge-style JSON)", pattern), field("Sample event to test", sample)),
     verdict,
-    field("Targets (JSON)", targets, "webhook {url, secret}, job {queue, type}, channel {name}, email {template, to}"),
+    field("Targets (JSON)", targets, 'a list of {"kind": ...}: webhook {url, secret}, job {queue, type}, channel {name}, email {template, to}'),
     button("Create rule", null, { kind: "primary", type: "submit" }),
   );
   ruleForm.addEventListener("submit", async (event) => {
@@ -119,16 +148,18 @@ export async function render(el, api) {
     toast(`Rule ${rule.name || ruleName.value} created`, "success");
     loadRules();
   });
-  test();
 
   el.replaceChildren(
     panelHeader("Events", `Event log and rules of tenant ${api.tenant}.`),
     error,
-    h("div", { class: "grid grid-2" }, card("Live tail", h("div", { class: "row" }, field("Type", typeFilter), h("label", { class: "checks field-button" }, pause, "Pause")), tailStatus, tail), card("Publish a test event", publish)),
+    h("div", { class: "grid grid-2" }, card("Live tail", h("div", { class: "row" }, field("Only type", typeFilter), h("label", { class: "checks field-button" }, pause, "Pause")), tailStatus, tail), card("Publish a test event", publish)),
     card("Rules", rules),
     card("New rule", ruleForm),
   );
-  await Promise.all([poll(), loadRules()]);
+  await Promise.all([poll(), loadRules(), test()]);
   const timer = setInterval(poll, 2000);
-  return () => clearInterval(timer);
+  return () => {
+    clearInterval(timer);
+    clearTimeout(debounce);
+  };
 }

@@ -1,9 +1,7 @@
 // Jobs: queues and their counts, enqueue, job detail with attempts and errors, dead letters + retry.
-import { barChart } from "../charts.js";
-import { attempt, badge, button, card, field, formatTime, h, jsonBlock, panelHeader, parseJson, table, toast } from "../ui.js";
+import { attempt, badge, button, card, errorBox, field, formatTime, h, jsonBlock, panelHeader, parseJson, table, toast } from "../ui.js";
 
 const STATUS_KIND = { queued: "neutral", running: "accent", succeeded: "ok", failed: "warn", dead: "bad" };
-const STATUS_COLOR = { queued: "#64748b", running: "#2563eb", succeeded: "#0f7a4a", failed: "#ca8a04", dead: "#b42318" };
 
 function jobDetail(job) {
   const kv = [
@@ -11,15 +9,21 @@ function jobDetail(job) {
     ["Type", job.type || "—"],
     ["Status", badge(job.status, STATUS_KIND[job.status] || "neutral")],
     ["Attempts", `${job.attempts ?? 0}${job.max_attempts ? ` of ${job.max_attempts}` : ""}`],
-    ["Created", formatTime(job.created_at ?? job.timestamps?.created_at)],
-    ["Finished", formatTime(job.finished_at ?? job.timestamps?.finished_at)],
+    ["Queue", job.queue],
+    ["Created", formatTime(job.created_at)],
+    ["Runs at", formatTime(job.run_at)],
+    ["Finished", formatTime(job.finished_at)],
   ];
+  const history = job.history || [];
   return h(
     "div",
     {},
     h("dl", { class: "kv" }, kv.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-    job.error ? h("div", { class: "alert alert-error" }, h("strong", {}, "Last error: "), typeof job.error === "string" ? job.error : JSON.stringify(job.error)) : null,
-    h("details", { open: true }, h("summary", {}, "Full record"), jsonBlock(job)),
+    job.error ? h("div", { class: "alert alert-error" }, h("strong", {}, "Last error: "), job.error) : null,
+    history.length
+      ? h("ol", { class: "attempts", "aria-label": "Attempts" }, history.map((a) => h("li", {}, `Attempt ${a.attempt} · ${formatTime(a.started_at)}`, a.error ? h("span", { class: "hint" }, ` · ${a.error}`) : h("span", { class: "hint" }, a.finished_at ? " · succeeded" : " · running")))) 
+      : null,
+    h("details", {}, h("summary", {}, "Full record"), jsonBlock(job)),
   );
 }
 
@@ -27,40 +31,38 @@ export async function render(el, api) {
   const queue = h("input", { name: "queue", autocomplete: "off", value: sessionStorage.getItem("appliance.queue") || "default", list: "queue-names" });
   const names = h("datalist", { id: "queue-names" });
   const error = h("div", {});
-  const overview = h("div", {});
   const dead = h("div", {});
   const detail = h("div", { "aria-live": "polite" });
-  const q = () => encodeURIComponent(queue.value.trim());
+  let current = queue.value.trim() || "default";
+  const q = () => encodeURIComponent(current);
 
-  async function loadQueues() {
-    // A queue listing with counts is optional in the API; when present, chart it.
-    const response = await attempt(null, () => api.raw("GET", "/v1/queues", { allow: [404, 405] }));
-    if (!response || !response.ok) {
-      overview.replaceChildren(h("p", { class: "hint" }, "Type a queue name to see its dead letters and look up jobs."));
+  // The API has no queue listing: offer the queues opened before in this browser session.
+  const recent = () => JSON.parse(sessionStorage.getItem("appliance.queues") || '["default", "events", "email"]');
+  const drawNames = () => names.replaceChildren(...recent().map((n) => h("option", { value: n })));
+  drawNames();
+
+  let shown = null;
+  /** The queue's dead letters; refreshed every few seconds, redrawn only when they change. */
+  async function loadDead() {
+    let page;
+    try {
+      page = await api.get(`/v1/queues/${q()}/dead?limit=100`);
+    } catch (err) {
+      shown = null;
+      dead.replaceChildren(errorBox(err));
       return;
     }
-    const body = await response.json();
-    const queues = body.items || body.queues || [];
-    names.replaceChildren(...queues.map((item) => h("option", { value: item.name })));
-    overview.replaceChildren(
-      queues.length
-        ? h("div", { class: "grid grid-2" }, queues.map((item) => card(item.name, barChart(Object.entries(item.counts || {}).map(([status, n]) => ({ label: status, value: n, color: STATUS_COLOR[status] })), { title: `Jobs by status in queue ${item.name}`, format: (v) => String(v) }))))
-        : h("p", { class: "empty-inline" }, "No queues yet."),
-    );
-  }
-
-  async function loadDead() {
-    sessionStorage.setItem("appliance.queue", queue.value.trim());
-    const page = await attempt(dead, () => api.get(`/v1/queues/${q()}/dead?limit=100`));
-    if (!page) return;
-    const items = page.items || [];
+    const items = page.items;
+    const signature = JSON.stringify(items.map((j) => [j.id, j.attempts, j.status, j.error]));
+    if (signature === shown) return;
+    shown = signature;
     dead.replaceChildren(
       table(
         [
           { label: "Job", value: (j) => h("button", { type: "button", class: "btn btn-small", onclick: () => show(j.id) }, j.id) },
           { label: "Type", value: (j) => j.type || "—" },
-          { label: "Attempts", class: "num", value: (j) => String(j.attempts ?? "—") },
-          { label: "Error", value: (j) => (typeof j.error === "string" ? j.error : JSON.stringify(j.error ?? "")) },
+          { label: "Attempts", class: "num", value: (j) => `${j.attempts} of ${j.max_attempts}` },
+          { label: "Error", value: (j) => j.error || "—" },
           { label: "Actions", class: "actions-cell", value: (j) => button("Retry", () => retry(j.id), { class: "btn btn-small btn-primary", "aria-label": `Retry job ${j.id}` }) },
         ],
         items,
@@ -95,17 +97,27 @@ export async function render(el, api) {
   enqueue.addEventListener("submit", async (event) => {
     event.preventDefault();
     const job = await attempt(error, () => api.post(`/v1/queues/${q()}/jobs`, { type: type.value.trim(), payload: parseJson(payload.value, "payload") ?? {}, max_attempts: Number(attempts.value) }));
+    jobId.value = job?.id ?? jobId.value;
     if (!job) return;
     toast(`Job ${job.id} is ${job.status}`, "success");
-    show(job.id);
+    await show(job.id);
+    loadDead();
   });
 
   const pick = h("form", { class: "row", "aria-label": "Choose a queue" }, field("Queue", queue), h("div", { class: "field field-button" }, button("Open", null, { kind: "primary", type: "submit" })), names);
   pick.addEventListener("submit", (event) => {
     event.preventDefault();
+    const name = queue.value.trim();
+    current = name;
+    sessionStorage.setItem("appliance.queue", name);
+    sessionStorage.setItem("appliance.queues", JSON.stringify([name, ...recent().filter((n) => n !== name)].slice(0, 20)));
+    drawNames();
+    shown = null;
     loadDead();
   });
 
-  el.replaceChildren(panelHeader("Jobs", `Queues of tenant ${api.tenant}.`), card(null, pick), error, overview, h("div", { class: "grid grid-2" }, card("Dead letters", dead), card("Job detail", lookup, detail)), card("Enqueue a job", enqueue));
-  await Promise.all([loadQueues(), loadDead()]);
+  el.replaceChildren(panelHeader("Jobs", `Queues of tenant ${api.tenant}.`), card(null, pick), error, card("Dead letters", dead), h("div", { class: "grid grid-2" }, card("Job detail", lookup, detail), card("Enqueue a job", enqueue)));
+  await loadDead();
+  const timer = setInterval(loadDead, 2000);
+  return () => clearInterval(timer);
 }

@@ -2,7 +2,7 @@
 import { barChart, color, donut, sparkline } from "../charts.js";
 import { attempt, badge, card, errorBox, h, panelHeader } from "../ui.js";
 
-const CAPABILITIES = ["storage", "search", "jobs", "events", "realtime", "notify", "payments"];
+const CAPABILITIES = ["storage", "search", "jobs", "events", "realtime", "notify", "payments", "users"];
 const history = []; // total /readyz latency over this page's life, newest last
 
 async function readiness(api) {

@@ -1,5 +1,5 @@
 // Search console: index settings, add documents, run a query with filters, facets and highlights.
-import { attempt, badge, button, card, field, h, jsonBlock, panelHeader, parseJson, toast } from "../ui.js";
+import { attempt, badge, button, card, field, formatTime, h, jsonBlock, panelHeader, parseJson, table, toast } from "../ui.js";
 
 const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
@@ -37,8 +37,48 @@ function facetView(facets) {
 }
 
 export async function render(el, api) {
-  const index = h("input", { name: "index", autocomplete: "off", placeholder: "movies", value: sessionStorage.getItem("appliance.index") || "" });
+  const index = h("input", { name: "index", autocomplete: "off", placeholder: "movies", value: sessionStorage.getItem("appliance.index") || "", list: "index-names" });
+  const names = h("datalist", { id: "index-names" });
   const error = h("div", {});
+  const indexes = h("div", {});
+  const info = h("p", { class: "hint", "aria-live": "polite" });
+
+  async function loadIndexes() {
+    const items = await attempt(indexes, () => api.all("/v1/indexes", 500));
+    if (!items) return;
+    names.replaceChildren(...items.map((i) => h("option", { value: i.name })));
+    indexes.replaceChildren(
+      table(
+        [
+          { label: "Index", value: (i) => h("button", { type: "button", class: "btn btn-small", onclick: () => choose(i.name) }, i.name) },
+          { label: "Searchable", value: (i) => h("div", { class: "badges" }, i.searchable.map((f) => badge(f, "accent"))) },
+          { label: "Filterable", value: (i) => h("div", { class: "badges" }, i.filterable.map((f) => badge(f))) },
+          { label: "Updated", value: (i) => formatTime(i.updated_at) },
+        ],
+        items,
+        { caption: "Indexes", emptyText: "No indexes yet: name one and save its settings." },
+      ),
+    );
+  }
+
+  /** Open an index: its settings fill the form, its document count shows. */
+  async function choose(name) {
+    index.value = name;
+    sessionStorage.setItem("appliance.index", name);
+    const response = await attempt(error, () => api.raw("GET", `/v1/indexes/${encodeURIComponent(name)}`, { allow: [404] }));
+    if (!response) return;
+    if (response.status === 404) {
+      info.textContent = `${name} does not exist yet: save its settings to create it.`;
+      return;
+    }
+    const found = await response.json();
+    primary.value = found.primary_key;
+    searchable.value = found.searchable.join(", ");
+    filterable.value = found.filterable.join(", ");
+    sortable.value = found.sortable.join(", ");
+    info.textContent = `${found.documents ?? 0} document(s) in ${found.name}.`;
+  }
+  index.addEventListener("change", () => index.value.trim() && choose(index.value.trim()));
 
   // Settings
   const primary = h("input", { name: "primary_key", value: "id" });
@@ -49,7 +89,11 @@ export async function render(el, api) {
   settings.addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = { primary_key: primary.value.trim(), searchable: list(searchable.value), filterable: list(filterable.value), sortable: list(sortable.value) };
-    if (await attempt(error, () => api.put(`/v1/indexes/${encodeURIComponent(index.value.trim())}`, body))) toast("Index settings saved", "success");
+    const name = index.value.trim();
+    if (!(await attempt(error, () => api.put(`/v1/indexes/${encodeURIComponent(name)}`, body)))) return;
+    toast(`Index ${name} saved`, "success");
+    loadIndexes();
+    choose(name);
   });
 
   // Documents
@@ -58,17 +102,19 @@ export async function render(el, api) {
   docsForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const result = await attempt(error, () => api.post(`/v1/indexes/${encodeURIComponent(index.value.trim())}/documents?wait=true`, parseJson(docs.value, "documents") || []));
-    if (result !== undefined) toast("Documents indexed", "success");
+    if (!result) return;
+    toast(result.status === "succeeded" ? `${result.documents} document(s) indexed` : `Indexing ${result.status}: ${result.error || ""}`, result.status === "succeeded" ? "success" : "error");
+    choose(index.value.trim());
   });
 
   // Query
   const q = h("input", { name: "q", type: "search", placeholder: "search terms", autocomplete: "off" });
-  const filter = h("textarea", { name: "filter", placeholder: '{"filter": [{"term": {"genre": "scifi"}}]}' });
+  const filter = h("textarea", { name: "filter", placeholder: '{"term": {"genre": "scifi"}}  or  {"bool": {"filter": [{"range": {"year": {"gte": 1980}}}]}}' });
   const facets = h("input", { name: "facets", placeholder: "genre" });
   const sort = h("input", { name: "sort", placeholder: "year:desc" });
   const highlight = h("input", { type: "checkbox", name: "highlight", checked: true });
   const results = h("div", { "aria-live": "polite" });
-  const query = h("form", { role: "search", "aria-label": "Run a query" }, h("div", { class: "row" }, field("Query", q), field("Facets", facets, "comma-separated"), field("Sort", sort, "field:asc or field:desc")), field("Filter (bool query JSON)", filter), h("label", { class: "checks" }, highlight, "Highlight matches"), h("div", { style: "margin-top:10px" }, button("Search", null, { kind: "primary", type: "submit" })));
+  const query = h("form", { role: "search", "aria-label": "Run a query" }, h("div", { class: "row" }, field("Query", q), field("Facets", facets, "comma-separated"), field("Sort", sort, "field:asc or field:desc")), field("Filter (JSON clause)", filter, "term, terms, range, exists or bool, on filterable fields"), h("label", { class: "checks" }, highlight, "Highlight matches"), h("div", { style: "margin-top:10px" }, button("Search", null, { kind: "primary", type: "submit" })));
   query.addEventListener("submit", async (event) => {
     event.preventDefault();
     const name = index.value.trim();
@@ -85,5 +131,7 @@ export async function render(el, api) {
     );
   });
 
-  el.replaceChildren(panelHeader("Search", `Indexes of tenant ${api.tenant}.`), card(null, field("Index", index)), error, h("div", { class: "grid grid-2" }, card("Settings", settings), card("Documents", docsForm)), card("Query", query, results));
+  el.replaceChildren(panelHeader("Search", `Indexes of tenant ${api.tenant}.`, button("Refresh", loadIndexes, { iconName: "refresh" })), card("Indexes", field("Index", index, "pick one below or name a new one"), names, info, indexes), error, h("div", { class: "grid grid-2" }, card("Settings", settings), card("Documents", docsForm)), card("Query", query, results));
+  await loadIndexes();
+  if (index.value.trim()) await choose(index.value.trim());
 }

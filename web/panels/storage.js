@@ -15,14 +15,15 @@ export async function render(el, api) {
   const uploads = h("div", { "aria-live": "polite" });
   const uploadForm = h("form", { "aria-label": "Upload files" }, h("div", { class: "row" }, field("Files", fileInput), field("Key prefix", keyPrefix), h("div", { class: "field field-button" }, button("Upload", null, { kind: "primary", type: "submit" }))), uploads);
 
-  // A bucket listing endpoint is optional; when the appliance has one, offer its names.
-  attempt(null, async () => {
-    const page = await api.raw("GET", "/v1/buckets", { allow: [404, 405] });
-    if (!page.ok) return;
-    const body = await page.json();
-    const names = (body.items || body.buckets || []).map((b) => (typeof b === "string" ? b : b.name));
+  // The API lists objects, not buckets: offer the buckets opened before in this browser session.
+  const recent = () => JSON.parse(sessionStorage.getItem("appliance.buckets") || "[]");
+  const remember = (name) => {
+    const names = [name, ...recent().filter((n) => n !== name)].slice(0, 20);
+    sessionStorage.setItem("appliance.buckets", JSON.stringify(names));
     datalist.replaceChildren(...names.map((n) => h("option", { value: n })));
-  });
+  };
+  datalist.replaceChildren(...recent().map((n) => h("option", { value: n })));
+  const signed = h("div", { "aria-live": "polite" });
 
   async function load(reset = true) {
     if (!state.bucket) {
@@ -75,7 +76,7 @@ export async function render(el, api) {
           { label: "Name", value: (r) => (r.folder ? h("button", { type: "button", class: "btn btn-small", onclick: open(r.folder) }, icon("folder", 16), r.folder.slice(state.prefix.length)) : h("span", {}, icon("file", 16), " ", r.key.slice(state.prefix.length))) },
           { label: "Size", class: "num", value: (r) => (r.folder ? "" : formatBytes(r.size)) },
           { label: "Type", value: (r) => (r.folder ? badge("folder") : r.content_type || "—") },
-          { label: "Modified", value: (r) => (r.folder ? "" : formatTime(r.last_modified || r.updated_at || r.created_at)) },
+          { label: "Modified", value: (r) => (r.folder ? "" : formatTime(r.updated_at)) },
           { label: "Actions", class: "actions-cell", value: (r) => (r.folder ? "" : h("div", { class: "actions", style: "justify-content:flex-end" }, button("Download", () => download(r.key), { class: "btn btn-small", iconName: "download", "aria-label": `Download ${r.key}` }), button("Signed URL", () => signedUrl(r.key), { class: "btn btn-small", iconName: "link", "aria-label": `Copy a signed URL for ${r.key}` }), button("Delete", () => remove(r.key), { class: "btn btn-danger btn-small", "aria-label": `Delete ${r.key}` }))) },
         ],
         rows,
@@ -102,8 +103,12 @@ export async function render(el, api) {
   async function signedUrl(key) {
     const result = await attempt(error, () => api.post(`${objectPath(key)}/url`, { expires_in: 3600 }));
     if (!result) return;
-    await copyText(new URL(result.url, location.href).href);
-    toast("Signed URL (valid 1 hour) copied", "success");
+    const url = new URL(result.url, location.href).href;
+    const input = h("input", { readonly: true, value: url, "aria-label": `Signed URL for ${key}`, onfocus: (event) => event.target.select() });
+    signed.replaceChildren(
+      h("div", { class: "alert alert-ok signed-url" }, h("div", {}, h("strong", {}, `Signed URL for ${key}`), ` · anyone with it can download the object until ${formatTime(result.expires_at)}`), input),
+    );
+    await copyText(url);
   }
 
   async function remove(key) {
@@ -118,6 +123,7 @@ export async function render(el, api) {
     state.bucket = bucketInput.value.trim();
     state.prefix = "";
     sessionStorage.setItem("appliance.bucket", state.bucket);
+    if (state.bucket) remember(state.bucket);
     load();
   });
 
@@ -125,19 +131,21 @@ export async function render(el, api) {
     event.preventDefault();
     if (!state.bucket) return error.replaceChildren(h("div", { class: "alert alert-error", role: "alert" }, "Open a bucket first."));
     const prefix = keyPrefix.value.trim();
+    uploads.replaceChildren();
     for (const file of fileInput.files) {
       const key = `${prefix && !prefix.endsWith("/") ? `${prefix}/` : prefix}${file.name}`;
       const bar = progressBar(`Uploading ${key}`);
-      const row = h("div", {}, h("div", { class: "hint" }, `${key} · ${formatBytes(file.size)}`), bar);
-      uploads.append(row);
+      const status = h("span", { class: "hint" }, `${key} · ${formatBytes(file.size)}`);
+      uploads.append(h("div", { class: "upload" }, status, bar));
       const done = await attempt(error, () => api.upload(objectPath(key), file, bar.set));
+      status.textContent = done ? `${key} · ${formatBytes(file.size)} · uploaded` : `${key} · failed`;
       if (done) toast(`Uploaded ${key}`, "success");
-      row.remove();
     }
     fileInput.value = "";
+    remember(state.bucket);
     load();
   });
 
-  el.replaceChildren(panelHeader("Storage", `Objects of tenant ${api.tenant}.`), card(null, open, uploadForm), error, card("Objects", listing));
+  el.replaceChildren(panelHeader("Storage", `Objects of tenant ${api.tenant}.`), card(null, open, uploadForm), error, signed, card("Objects", listing));
   await load();
 }
