@@ -208,10 +208,15 @@ find_go() {
 install_go_peers() {
     step "Install Go test peers (minio, stripe-mock) into .tools/bin"
     mkdir -p "$TOOLS_BIN"
-    local name module found go=""
-    for spec in minio=github.com/minio/minio stripe-mock=github.com/stripe/stripe-mock; do
+    local name module pinned found go=""
+    # name=module=version known to build with this machine's Go: the fallback when @latest needs a
+    # newer toolchain than the one installed (as PocketBase's latest release already does).
+    for spec in minio=github.com/minio/minio=v0.0.0-20260212201848-7aac2a2c5b7c \
+        stripe-mock=github.com/stripe/stripe-mock=v0.203.0; do
         name=${spec%%=*}
         module=${spec#*=}
+        pinned=${module#*=}
+        module=${module%%=*}
         if [[ -x $TOOLS_BIN/$name ]]; then
             skip "$name already in .tools/bin"
             continue
@@ -226,8 +231,13 @@ install_go_peers() {
         fi
         if [[ $name == minio ]]; then note "note: compiling MinIO from source may take several minutes"; fi
         note "$go install $module@latest"
-        GOBIN="$TOOLS_BIN" "$go" install "$module@latest"
-        did "$name (go install $module@latest)"
+        if GOBIN="$TOOLS_BIN" GOTOOLCHAIN=local "$go" install "$module@latest"; then
+            did "$name (go install $module@latest)"
+        else
+            note "@latest did not build with $("$go" version | cut -d' ' -f3); trying the known-good $pinned"
+            GOBIN="$TOOLS_BIN" GOTOOLCHAIN=local "$go" install "$module@$pinned"
+            did "$name (go install $module@$pinned)"
+        fi
     done
 }
 
