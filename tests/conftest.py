@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from appliance.app import create_app
 from appliance.config import Settings, load_settings
 
-pytest_plugins = ["tests.peers", "tests.process", "tests.aws_peers"]
+pytest_plugins = ["tests.peers", "tests.aws_peers"]
 
 ROOT_KEY = "test-root-key-0123456789abcdef"
 ROOT = {"Authorization": f"Bearer {ROOT_KEY}"}

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +70,3 @@ def _wait_healthy(running: ApplianceProcess, timeout: float) -> None:
             pass
         time.sleep(0.05)
     pytest.fail(f"appliance did not answer /healthz within {timeout}s:\n{running.log()[-3000:]}")
-
-
-@pytest.fixture
-def appliance_process(tmp_path: Path) -> Callable[..., object]:
-    """Factory fixture: ``with appliance_process(env={...}) as proc:``."""
-
-    def start(env: dict[str, str] | None = None, data_dir: Path | None = None) -> object:
-        return run_appliance(data_dir or tmp_path / "data", env)
-
-    return start

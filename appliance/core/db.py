@@ -215,11 +215,6 @@ class Database:
                 ) from exc
         log.info("applied migration %s#%s %s", migration.component, migration.version, migration.name)
 
-    async def backup_to(self, target: Path | str) -> None:
-        """Write a consistent copy of the live database to ``target`` (SQLite online backup API)."""
-        async with aiosqlite.connect(str(target)) as dest:
-            await self.writer.backup(dest)
-
 
 def _quote(text: str) -> str:
     return text.replace("'", "''")

@@ -34,6 +34,9 @@ IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", m
 """A handler parameter: ``idempotency_key: IdempotencyKey = None``."""
 
 
+_LOOKUP = "SELECT fingerprint, status, body FROM idempotency WHERE tenant_id = ? AND scope = ? AND key = ?"
+
+
 class StoredResponse(msgspec.Struct, frozen=True):
     status: int
     body: bytes
@@ -56,7 +59,7 @@ class IdempotencyStore:
     async def lookup(self, tenant: str, scope: str, key: str, print_: str) -> StoredResponse | None:
         """The stored response for this key, ``None`` if it is new; 422 if it was used with another body."""
         row = await self.db.fetchone(
-            "SELECT fingerprint, status, body FROM idempotency WHERE tenant_id = ? AND scope = ? AND key = ?",
+            _LOOKUP,
             (tenant, scope, check_key(key)),
         )
         return _match(row["fingerprint"], row["status"], row["body"], print_) if row else None
@@ -66,7 +69,7 @@ class IdempotencyStore:
     ) -> StoredResponse | None:
         """As :meth:`lookup`, inside a write transaction (so a concurrent repeat cannot slip between)."""
         row = await tx.fetchone(
-            "SELECT fingerprint, status, body FROM idempotency WHERE tenant_id = ? AND scope = ? AND key = ?",
+            _LOOKUP,
             (tenant, scope, check_key(key)),
         )
         return _match(row["fingerprint"], row["status"], row["body"], print_) if row else None

@@ -14,7 +14,7 @@ import msgspec
 
 from appliance.core.errors import Unprocessable
 from appliance.core.outbox import Event
-from appliance.jobs import Backoff, NewJob
+from appliance.jobs import Backoff, NewJob, QueueName
 
 __all__ = [
     "CHANNEL_JOB",
@@ -96,7 +96,7 @@ class WebhookTarget:
 
 
 class _JobSpec(msgspec.Struct, forbid_unknown_fields=True):
-    queue: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    queue: QueueName
     type: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from appliance.core.context import BackendStatus, Context
 
 __all__ = [
+    "QUEUE_PATTERN",
     "Backoff",
     "Job",
     "JobHandler",
@@ -35,11 +36,13 @@ __all__ = [
     "JobStatus",
     "NewJob",
     "PermanentJobError",
+    "QueueName",
     "install",
 ]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "dead"]
-QueueName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+QueueName = Annotated[str, msgspec.Meta(pattern=QUEUE_PATTERN)]
 JobType = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")]
 

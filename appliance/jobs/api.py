@@ -14,13 +14,11 @@ from appliance.core.deps import AppContext, Caller
 from appliance.core.errors import Unprocessable
 from appliance.core.idempotency import IdempotencyKey, idempotent_response
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
-from appliance.jobs import JobRecord, JobService, NewJob
+from appliance.jobs import QUEUE_PATTERN, JobRecord, JobService, NewJob
 
 __all__ = ["public", "routes"]
 
-QueuePath = Annotated[
-    str, Parameter(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="queue name (lowercase, . _ -)")
-]
+QueuePath = Annotated[str, Parameter(pattern=QUEUE_PATTERN, description="queue name (lowercase, . _ -)")]
 JobIdPath = Annotated[str, Parameter(max_length=200)]
 MAX_BULK = 1000
 INTERNAL_PREFIX = "appliance."

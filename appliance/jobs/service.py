@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from appliance.core.db import Tx
-from appliance.core.errors import NotFound, ServiceUnavailable
+from appliance.core.errors import NotFound
 from appliance.core.pagination import DEFAULT_LIMIT, Page
 from appliance.jobs import JobHandler, JobQueue, JobRecord, NewJob
 
@@ -162,10 +162,3 @@ def install_service(ctx: Context) -> JobService:
     ctx.on_shutdown(http.close)
     ctx.on_shutdown(service.stop)
     return service
-
-
-def unavailable(backend: str, exc: BaseException) -> ServiceUnavailable:
-    """A backend error as the 503 the API answers."""
-    return ServiceUnavailable(
-        f"the job queue backend ({backend}) is unavailable: {type(exc).__name__}: {exc}"
-    )
