@@ -96,15 +96,21 @@ def worker(data_dir: str | None, config_file: str | None) -> None:
     settings = _settings(config_file, data_dir=data_dir)
     _logging(settings)
 
-    async def until_signalled(_: Context) -> None:
+    from appliance.app import assemble
+
+    ctx, _ = assemble(settings, role="worker")
+
+    async def until_signalled() -> None:
+        # Handlers go in before the workers start: a SIGTERM during startup must still stop cleanly.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        click.echo("appliance worker running; SIGTERM or Ctrl-C stops it", err=True)
-        await stop.wait()
+        async with ctx.running():
+            click.echo("appliance worker running; SIGTERM or Ctrl-C stops it", err=True)
+            await stop.wait()
 
-    _with_context(settings, "worker", until_signalled, start=True)
+    asyncio.run(until_signalled())
 
 
 @cli.command()

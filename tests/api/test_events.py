@@ -542,6 +542,7 @@ def test_a_separate_worker_process_delivers(tmp_path: Any, receiver: Receiver) -
             poll_until(lambda: len(receiver.deliveries) == 1, 15, "the worker's webhook delivery", worker)
         finally:
             worker.terminate()
-            assert worker.wait(timeout=15) == 0, (tmp_path / "worker.log").read_text()
+            code = worker.wait(timeout=15)
             log.close()
+        assert code == 0, (tmp_path / "worker.log").read_text()
         assert msgspec.json.decode(receiver.deliveries[0].body)["id"] == published.json()["id"]
