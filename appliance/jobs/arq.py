@@ -3,7 +3,8 @@
 Each job is recorded in the ``jobs`` table first (in the caller's transaction when there is one), then
 pushed to arq once that commits, so a job is never in Redis without its record and never lost when a
 push fails: a sweep re-pushes overdue records (a no-op for those arq still holds, since the arq job id
-is derived from the job's). arq's worker runs them with its own semantics (an in-progress lock per job,
+is derived from the job's). That record keeping is shared with other transports
+(:mod:`appliance.jobs.transport`). arq's worker runs them with its own semantics (an in-progress lock per job,
 ``Retry`` to defer, rerun when a worker vanishes); around it the adapter adds what arq lacks:
 
 - status, attempts history, results and the dead-letter list, in the record;
@@ -31,18 +32,10 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from appliance.core.context import BackendStatus
-from appliance.core.db import Database, Tx
-from appliance.jobs import JobHandler, JobRecord, NewJob
-from appliance.jobs.sqlite import (
-    _CLAIM_COLUMNS,
-    SqliteQueue,
-    _Claimed,
-    _Outcome,
-    _write_outcomes,
-    claim_rows,
-    outcome_of,
-    run_handler,
-)
+from appliance.core.db import Database
+from appliance.jobs import JobHandler
+from appliance.jobs.sqlite import outcome_of, run_handler
+from appliance.jobs.transport import PushKey, TransportQueue
 
 __all__ = ["ArqQueue"]
 
@@ -61,10 +54,12 @@ def _arq_id(tenant: str, queue: str, job_id: str) -> str:
     return f"{tenant}:{queue}:{job_id}"
 
 
-class ArqQueue(SqliteQueue):
+class ArqQueue(TransportQueue):
     """The ``arq`` adapter of :class:`appliance.jobs.JobQueue` (records in SQLite, dispatch in Redis)."""
 
     name = "arq"
+    transport = "Redis"
+    transport_errors = (RedisError, OSError)
 
     def __init__(self, db: Database, redis_url: str, retention_s: float = 7 * 86400.0) -> None:
         super().__init__(db, retention_s=retention_s)
@@ -73,7 +68,6 @@ class ArqQueue(SqliteQueue):
         self._worker: Worker | None = None
         self._handlers: dict[str, JobHandler] = {}
         self._last_push_sweep = 0.0
-        self._writes = _Batcher(db)
 
     @property
     def pool(self) -> ArqRedis:
@@ -95,37 +89,9 @@ class ArqQueue(SqliteQueue):
             await self._pool.aclose(close_connection_pool=True)
             self._pool = None
 
-    # ------------------------------------------------------------- enqueue ---
+    # ---------------------------------------------------------------- push ---
 
-    async def enqueue(self, tenant: str, queue: str, jobs: list[NewJob], tx: Tx | None) -> list[JobRecord]:
-        if tx is not None:
-            records = await self._insert(tx, tenant, queue, jobs)
-            tx.after_commit(lambda: self._push_quietly(records))
-            return records
-        async with self.db.transaction() as own:
-            records = await self._insert(own, tenant, queue, jobs)
-        await self._push_quietly(records)
-        return records
-
-    async def retry_dead(self, tenant: str, queue: str, job_id: str) -> JobRecord | None:
-        record = await super().retry_dead(tenant, queue, job_id)
-        if record is not None:
-            await self._push_quietly([record])
-        return record
-
-    async def _push_quietly(self, records: list[JobRecord]) -> None:
-        # The records are committed: a push that fails now is repeated by the sweep, never lost.
-        try:
-            await self._push(records)
-        except (RedisError, OSError) as exc:
-            log.warning("could not push %d job(s) to Redis (the sweep will retry): %s", len(records), exc)
-
-    async def _push(self, records: list[JobRecord]) -> None:
-        await self._push_keys(
-            [(r.tenant, r.queue, r.id, r.run_at, r.priority) for r in records if r.status == "queued"]
-        )
-
-    async def _push_keys(self, jobs: list[tuple[str, str, str, float, int]]) -> None:
+    async def push_keys(self, jobs: list[PushKey]) -> None:
         """Create the arq jobs (what ``enqueue_job`` writes) in one round trip; those arq holds stay as they are.
 
         ``SET NX`` on the job key and ``ZADD NX`` on the queue mirror ``enqueue_job``'s "exists -> no-op"
@@ -149,15 +115,7 @@ class ArqQueue(SqliteQueue):
         if not force and now - self._last_push_sweep < SWEEP_EVERY_S:
             return
         self._last_push_sweep = now
-        cutoff = now if force else now - OVERDUE_S
-        rows = await self.db.fetchall(
-            "SELECT tenant_id, queue, id, priority, due_at FROM jobs"
-            " WHERE status IN ('queued', 'running') AND due_at <= ? ORDER BY due_at LIMIT 1000",
-            (cutoff,),
-        )
-        await self._push_keys(
-            [(r["tenant_id"], r["queue"], r["id"], r["due_at"], r["priority"]) for r in rows]
-        )
+        await self.push_keys(await self.overdue(now if force else now - OVERDUE_S))
 
     # ------------------------------------------------------------- workers ---
 
@@ -254,7 +212,7 @@ class ArqQueue(SqliteQueue):
         try:
             outcome = outcome_of(item, *await run_handler(self._handlers.get(item.job.type), item.job))
         except asyncio.CancelledError:
-            await self._release(item)
+            await self.release(item)
             raise
         finally:
             heartbeat.cancel()
@@ -269,17 +227,6 @@ class ArqQueue(SqliteQueue):
                 # arq set the lock to LOCK_S when it started the job; most jobs end before a refresh.
                 await asyncio.sleep(LOCK_S / 3)
                 await self.pool.pexpire(key, int(LOCK_S * 1000))
-
-    async def _release(self, item: _Claimed) -> None:
-        """Hand a job back when its worker stops mid-attempt (the attempt does not count)."""
-        with contextlib.suppress(Exception):
-            async with self.db.transaction() as tx:
-                await tx.execute(
-                    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
-                    " history = json_remove(history, '$[#-1]')"
-                    " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?",
-                    (time.time(), item.job.tenant, item.job.queue, item.job.id, item.lease),
-                )
 
     # --------------------------------------------------------------- admin ---
 
@@ -319,83 +266,3 @@ def _score_ms(due_at: float, priority: int, now: float) -> int:
     if due_at <= now:
         at -= (priority + 100) * PRIORITY_STEP_S  # priorities run from -100 to 100: never in the future
     return int(at * 1000)
-
-
-Key = tuple[str, str, str]
-
-
-class _Batcher:
-    """Claims and outcomes of concurrent arq jobs, written together: one transaction, a few statements."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._claims: list[tuple[Key, asyncio.Future[_Claimed | float | None]]] = []
-        self._outcomes: list[tuple[_Outcome, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def claim(self, key: Key) -> _Claimed | float | None:
-        """The claimed attempt; seconds to wait if the job is not due; ``None`` if there is nothing to run."""
-        future: asyncio.Future[_Claimed | float | None] = asyncio.get_running_loop().create_future()
-        self._claims.append((key, future))
-        self._schedule()
-        return await future
-
-    async def finish(self, outcome: _Outcome) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outcomes.append((outcome, future))
-        self._schedule()
-        await future
-
-    def _schedule(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the other jobs of this poll add theirs
-        while self._claims or self._outcomes:
-            claims, self._claims = self._claims, []
-            outcomes, self._outcomes = self._outcomes, []
-            futures: list[asyncio.Future[Any]] = [f for _, f in claims] + [f for _, f in outcomes]
-            try:
-                async with self.db.transaction() as tx:
-                    now = time.time()
-                    await _write_outcomes(tx, [o for o, _ in outcomes], now)
-                    results = await _claim_many(tx, [k for k, _ in claims], now)
-            except Exception as exc:
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(claims, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-            for _, done in outcomes:
-                if not done.done():
-                    done.set_result(None)
-
-
-async def _claim_many(tx: Tx, keys: list[Key], now: float) -> list[_Claimed | float | None]:
-    if not keys:
-        return []
-    values = ",".join("(?, ?, ?)" for _ in keys)
-    rows = await tx.fetchall(
-        f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE (tenant_id, queue, id) IN (VALUES {values})",
-        [part for key in keys for part in key],
-    )
-    by_key = {(r["tenant_id"], r["queue"], r["id"]): r for r in rows}
-    due = []
-    for key in keys:
-        row = by_key.get(key)
-        if row is not None and row["status"] in ("queued", "running") and row["due_at"] <= now:
-            due.append(row)
-    claimed = {(c.job.tenant, c.job.queue, c.job.id): c for c in await claim_rows(tx, due, now)}
-    results: list[_Claimed | float | None] = []
-    for key in keys:
-        row = by_key.get(key)
-        if row is None or row["status"] not in ("queued", "running"):
-            results.append(None)  # gone (tenant deleted) or already finished: a duplicate push
-        elif row["due_at"] > now:
-            results.append(float(row["due_at"] - now + 0.05))
-        else:
-            results.append(claimed.get(key))
-    return results

@@ -91,6 +91,12 @@ _COLUMNS = (
     " run_at, result, error, history, created_at, started_at, finished_at"
 )
 _ACTIVE = "status IN ('queued', 'running')"
+# Hands a claimed job back (params: now, tenant, queue, id, lease): the interrupted attempt does not count.
+RELEASE_SQL = (
+    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
+    " history = json_remove(history, '$[#-1]')"
+    " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?"
+)
 _CLAIM_COLUMNS = (
     "tenant_id, queue, id, type, payload, status, priority, attempts, max_attempts, backoff, timeout_s,"
     " created_at, due_at"
@@ -355,9 +361,7 @@ class SqliteQueue:
             async with self.db.transaction() as tx:
                 await _write_outcomes(tx, outcomes, time.time())
                 await tx.executemany(
-                    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
-                    " history = json_remove(history, '$[#-1]')"
-                    " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?",
+                    RELEASE_SQL,
                     [(time.time(), c.job.tenant, c.job.queue, c.job.id, c.lease) for c in released],
                 )
 
