@@ -115,6 +115,7 @@ class ArqQueue(TransportQueue):
         if not force and now - self._last_push_sweep < SWEEP_EVERY_S:
             return
         self._last_push_sweep = now
+        await self.prune()
         await self.push_keys(await self.overdue(now if force else now - OVERDUE_S))
 
     # ------------------------------------------------------------- workers ---

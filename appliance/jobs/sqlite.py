@@ -91,6 +91,7 @@ _COLUMNS = (
     " run_at, result, error, history, created_at, started_at, finished_at"
 )
 _ACTIVE = "status IN ('queued', 'running')"
+PRUNE_SQL = "DELETE FROM jobs WHERE status = 'succeeded' AND finished_at < ?"
 # Hands a claimed job back (params: now, tenant, queue, id, lease): the interrupted attempt does not count.
 RELEASE_SQL = (
     "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
@@ -332,10 +333,7 @@ class SqliteQueue:
             claimed = await self._claim(tx, free, now) if free > 0 else []
             if now - self._last_sweep > 60:
                 self._last_sweep = now
-                await tx.execute(
-                    "DELETE FROM jobs WHERE status = 'succeeded' AND finished_at < ?",
-                    (now - self.retention_s,),
-                )
+                await tx.execute(PRUNE_SQL, (now - self.retention_s,))
         return claimed
 
     async def _claim(self, tx: Tx, limit: int, now: float) -> list[_Claimed]:

@@ -27,6 +27,7 @@ from appliance.core.db import Database, Tx
 from appliance.jobs import JobRecord, NewJob
 from appliance.jobs.sqlite import (
     _CLAIM_COLUMNS,
+    PRUNE_SQL,
     RELEASE_SQL,
     SqliteQueue,
     _Claimed,
@@ -108,6 +109,14 @@ class TransportQueue(SqliteQueue):
             params,
         )
         return [(r["tenant_id"], r["queue"], r["id"], r["due_at"], r["priority"]) for r in rows]
+
+    async def prune(self) -> None:
+        """Delete succeeded jobs older than the retention (at most once a minute)."""
+        now = time.time()
+        if now - self._last_sweep > 60:
+            self._last_sweep = now
+            async with self.db.transaction() as tx:
+                await tx.execute(PRUNE_SQL, (now - self.retention_s,))
 
     async def release(self, item: _Claimed) -> None:
         """Hand a job back when its worker stops mid-attempt (the attempt does not count)."""

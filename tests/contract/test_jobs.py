@@ -1,15 +1,22 @@
-"""The JobQueue contract, run against every adapter (sqlite; arq on a real Redis)."""
+"""The JobQueue contract, run against every adapter (sqlite; arq on a real Redis; the AWS plugin's aws-sqs on moto).
+
+Each backend is configured by its own settings only (:class:`BackendConfig`), in-process and for the
+worker subprocesses alike.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from appliance.app import assemble
 from appliance.core.context import Context
 from appliance.core.errors import NotFound
 from appliance.jobs import Backoff, Job, JobService, NewJob, PermanentJobError
+from tests.aws_peers import MotoPeer
 from tests.conftest import make_settings
 from tests.peers import RedisPeer
 
@@ -45,20 +53,39 @@ class Handlers:
         return {"echo": payload.get("value"), "attempt": job.attempt}
 
 
-@pytest.fixture(params=["sqlite", "arq"])
+@pytest.fixture(params=["sqlite", "arq", "aws-sqs"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@dataclass
+class BackendConfig:
+    """How a backend is picked: settings overrides, and the environment its plugin reads."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
 @pytest.fixture
-async def world(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[Context, JobService, Handlers]]:
-    overrides: dict[str, Any] = {}
+def config(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> BackendConfig:
+    """The backend's own settings, applied to this process (the plugin's environment) and returned for others."""
     if backend == "arq":
         redis: RedisPeer = request.getfixturevalue("redis_peer")
-        overrides["redis_url"] = redis.url
-    ctx, _ = assemble(make_settings(tmp_path / "data", **overrides), role="cli")
+        return BackendConfig(overrides={"redis_url": redis.url})
+    if backend == "aws-sqs":
+        moto: MotoPeer = request.getfixturevalue("moto_peer")
+        env = {**moto.env(), "APPLIANCE_AWS_SQS_QUEUE_PREFIX": f"t{secrets.token_hex(4)}-"}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return BackendConfig(overrides={"jobs_backend": "aws-sqs"}, env=env)
+    return BackendConfig()
+
+
+@pytest.fixture
+async def world(
+    backend: str, config: BackendConfig, tmp_path: Path
+) -> AsyncIterator[tuple[Context, JobService, Handlers]]:
+    ctx, _ = assemble(make_settings(tmp_path / "data", **config.overrides), role="cli")
     handlers = Handlers()
     ctx.register_job_handler("test.work", handlers.work)
     async with ctx.running():
@@ -234,14 +261,13 @@ async def test_health_reports_the_backend(world: World, backend: str) -> None:
 
 WORKER_SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, json, sys
     from pathlib import Path
     from appliance.app import assemble
     from tests.conftest import make_settings
 
-    async def main(data_dir, marker, redis_url):
-        overrides = {"redis_url": redis_url} if redis_url else {}
-        ctx, _ = assemble(make_settings(Path(data_dir), **overrides), role="worker")
+    async def main(data_dir, marker, overrides):
+        ctx, _ = assemble(make_settings(Path(data_dir), **json.loads(overrides)), role="worker")
 
         async def block(job):
             Path(marker).write_text(str(job.attempt))
@@ -256,17 +282,19 @@ WORKER_SCRIPT = textwrap.dedent(
 )
 
 
-async def test_a_job_held_by_a_killed_worker_runs_again(world: World, tmp_path: Path, backend: str) -> None:
+async def test_a_job_held_by_a_killed_worker_runs_again(
+    world: World, tmp_path: Path, config: BackendConfig
+) -> None:
     ctx, jobs, handlers = world
     record = await jobs.enqueue("acme", "q", NewJob(type="test.work", payload={"value": 1}, timeout_s=1))
     marker = tmp_path / "started"
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, **config.env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     log = tmp_path / "worker.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, str(script), ctx.settings.data_dir, str(marker), ctx.settings.redis_url],
+            [sys.executable, str(script), ctx.settings.data_dir, str(marker), json.dumps(config.overrides)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -331,12 +359,8 @@ async def test_arq_enqueues_survive_a_redis_outage(tmp_path: Path) -> None:
                 assert sorted(c.payload["value"] for c in handlers.calls) == [1, 2]
 
 
-async def test_stopping_a_worker_hands_running_jobs_back(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    overrides: dict[str, Any] = {}
-    if backend == "arq":
-        overrides["redis_url"] = request.getfixturevalue("redis_peer").url
+async def test_stopping_a_worker_hands_running_jobs_back(config: BackendConfig, tmp_path: Path) -> None:
+    overrides = config.overrides
     ctx, _ = assemble(make_settings(tmp_path / "data", **overrides), role="worker")
     handlers = Handlers()
     ctx.register_job_handler("test.work", handlers.work)

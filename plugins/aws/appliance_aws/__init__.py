@@ -1,8 +1,9 @@
-"""The appliance's AWS adapters, as a plugin: S3 storage, SES mail, SNS push, EventBridge forwarding.
+"""The appliance's AWS adapters, as a plugin: S3 storage, SQS jobs, SES mail, SNS push, EventBridge forwarding.
 
 Installed, the plugin only offers the backends; configuration picks them, one port at a time::
 
     APPLIANCE_STORAGE_BACKEND=aws-s3
+    APPLIANCE_JOBS_BACKEND=aws-sqs
     APPLIANCE_MAIL_BACKEND=aws-ses
     APPLIANCE_PUSH_BACKEND=aws-sns
     APPLIANCE_EVENTS_BACKEND=aws-eventbridge
@@ -14,6 +15,8 @@ What the adapters need beyond that is read from the environment when the backend
 - ``APPLIANCE_AWS_S3_BUCKET`` (default: ``APPLIANCE_S3_BUCKET_PREFIX``), ``APPLIANCE_AWS_S3_SSE``
   (``AES256`` or ``aws:kms``), ``APPLIANCE_AWS_S3_KMS_KEY_ID``, ``APPLIANCE_AWS_S3_ADDRESSING``
   (``virtual``, the default on AWS, or ``path``);
+- ``APPLIANCE_AWS_SQS_QUEUE_PREFIX`` (default ``appliance-``) and ``APPLIANCE_AWS_SQS_MAX_RECEIVES``
+  (default 110, the redrive policy's ``maxReceiveCount``);
 - ``APPLIANCE_AWS_SES_CONFIGURATION_SET`` (optional);
 - ``APPLIANCE_AWS_SNS_PLATFORM_APPLICATION_ARN`` (required for ``aws-sns``) and
   ``APPLIANCE_AWS_SNS_VAPID_PUBLIC_KEY``;
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["appliance_backends"]
 
-STORAGE, MAIL, PUSH, EVENTS = "aws-s3", "aws-ses", "aws-sns", "aws-eventbridge"
+STORAGE, JOBS, MAIL, PUSH, EVENTS = "aws-s3", "aws-sqs", "aws-ses", "aws-sns", "aws-eventbridge"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -61,6 +64,25 @@ def make_storage(ctx: Any) -> Any:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def make_job_queue(ctx: Any) -> Any:
+    from appliance_aws.sqs import MAX_RECEIVES, SqsQueue
+
+    raw = _env("SQS_MAX_RECEIVES", str(MAX_RECEIVES))
+    if not raw.isdigit():
+        raise ConfigError(f"APPLIANCE_AWS_SQS_MAX_RECEIVES={raw!r} must be a number from 1 to 1000")
+    prefix = _env("SQS_QUEUE_PREFIX", "appliance-")
+    try:
+        return SqsQueue(
+            _clients(),
+            ctx.db,
+            prefix=prefix,
+            retention_s=ctx.settings.job_retention_days * 86400,
+            max_receives=int(raw),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"APPLIANCE_AWS_SQS_QUEUE_PREFIX={prefix!r} / MAX_RECEIVES={raw}: {exc}") from None
 
 
 def make_mailer(ctx: Any) -> Any:
@@ -91,6 +113,7 @@ def make_forwarder(ctx: Any) -> Any:
 def appliance_backends() -> list[BackendSpec]:
     return [
         BackendSpec("storage", STORAGE, make_storage, "Amazon S3 (region, virtual-host addressing, SSE)"),
+        BackendSpec("jobs", JOBS, make_job_queue, "Amazon SQS as the job transport (records stay in the DB)"),
         BackendSpec("mail", MAIL, make_mailer, "Amazon SES (SendRawEmail)"),
         BackendSpec("push", PUSH, make_pusher, "Amazon SNS mobile push (FCM platform application)"),
         BackendSpec("events", EVENTS, make_forwarder, "Forward every event to an Amazon EventBridge bus"),
