@@ -126,7 +126,7 @@ class SqsQueue(TransportQueue):
         self._targets: list[Target] = []
         self._targets_at = 0.0
         self._empty: dict[Target, float] = {}  # when a receive last found nothing
-        self._horizon: float | None = None  # long-delayed jobs due up to here have been sent by the sweep
+        self._horizon = 0.0  # long-delayed jobs due up to here have been sent by this process's sweep
         self._last_push_sweep = 0.0
         self._ran = 0
         self._handlers: dict[str, JobHandler] = {}
@@ -263,7 +263,7 @@ class SqsQueue(TransportQueue):
             " AND due_at > ? AND due_at <= ? AND (CASE WHEN attempts = 0 THEN run_at - created_at"
             " ELSE due_at - json_extract(history, '$[#-1].finished_at') END) > ?"
             " ORDER BY due_at LIMIT 1000",
-            (self._horizon if self._horizon is not None else now, horizon, MAX_DELAY_S),
+            (self._horizon, horizon, MAX_DELAY_S),
         )
         coming = [(r["tenant_id"], r["queue"], r["id"], r["due_at"], r["priority"]) for r in rows]
         self._horizon = coming[-1][3] if len(coming) == 1000 else horizon
