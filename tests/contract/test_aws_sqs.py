@@ -158,6 +158,19 @@ async def test_a_retry_beyond_15_minutes_leaves_sqs_until_it_is_due(
         assert done.status == "succeeded" and [c.attempt for c in calls] == [1, 2]
 
 
+async def test_a_lost_message_is_sent_again_once_its_queue_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_peer: MotoPeer
+) -> None:
+    monkeypatch.setattr(sqs_module, "OVERDUE_S", 0.3)
+    async with sqs_app(tmp_path, monkeypatch, moto_peer.env()) as (_, jobs, queue, calls):
+        record = await jobs.enqueue("default", "q", NewJob(type="test.work"))
+        sqs = await queue.clients.client("sqs")
+        await sqs.purge_queue(QueueUrl=(await queue._queue(("q", 0))).url)  # the message is lost
+        assert await counts(queue, ("q", 0)) == {"Visible": 0, "NotVisible": 0, "Delayed": 0}
+        assert await jobs.drain() == 1
+        assert (await jobs.get("default", "q", record.id)).status == "succeeded" and len(calls) == 1
+
+
 async def test_a_running_job_keeps_its_message_invisible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_peer: MotoPeer
 ) -> None:

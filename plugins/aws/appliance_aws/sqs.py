@@ -268,11 +268,12 @@ class SqsQueue(TransportQueue):
         coming = [(r["tenant_id"], r["queue"], r["id"], r["due_at"], r["priority"]) for r in rows]
         self._horizon = coming[-1][3] if len(coming) == 1000 else horizon
         lost: list[PushKey] = []
-        for target, empty_at in list(self._empty.items()):
+        empty, self._empty = self._empty, {}
+        for target, empty_at in empty.items():
             if now - empty_at < SWEEP_EVERY_S + OVERDUE_S:
-                lost.extend(await self.overdue(empty_at - OVERDUE_S, *target))
-            else:
-                del self._empty[target]
+                overdue = await self.overdue(empty_at - OVERDUE_S, *target)
+                if overdue and await self._holds_nothing(target):
+                    lost.extend(overdue)
         jobs = list({job[:3]: job for job in retry + coming + lost}.values())
         if jobs:
             try:
@@ -281,6 +282,20 @@ class SqsQueue(TransportQueue):
                 self.push_failed(jobs, exc)
         for target in list(self._targets):
             await self._dead_letters(target)
+
+    async def _holds_nothing(self, target: Target) -> bool:
+        """Whether SQS confirms the queue has no visible or delayed message (a short-polling receive may
+        come back empty while it does: it samples SQS's servers)."""
+        queue = self._queues.get(target)
+        if queue is None:
+            return False
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"]
+        try:
+            answer = await (await self._sqs()).get_queue_attributes(QueueUrl=queue.url, AttributeNames=names)
+        except AWS_ERRORS as exc:
+            self._forget(target, exc)
+            return False
+        return all(int(answer["Attributes"].get(name, 0)) == 0 for name in names)
 
     async def _dead_letters(self, target: Target) -> None:
         """Record as dead the jobs whose message SQS moved to the queue's dead-letter queue."""
