@@ -1,17 +1,21 @@
 """The AWS plugin's adapters vs. raw aiobotocore calls, side by side against one moto server.
 
-    .venv/bin/python benchmarks/bench_aws.py [--size-mib 32] [--emails 200]
+    .venv/bin/python benchmarks/bench_aws.py [--size-mib 32] [--emails 200] [--jobs 200]
 
 S3: one object of ``--size-mib`` MiB uploaded (as an unknown-length stream of 1 MiB chunks) and
 downloaded through ``aws-s3``, vs. one ``put_object`` of the same bytes and a ``get_object`` read.
 SES: ``--emails`` messages composed and sent through ``aws-ses``, vs. ``send_raw_email`` of one
-pre-composed message. moto (a Python server) bounds both sides; the ratio shows the adapter's overhead.
+pre-composed message. SQS: ``--jobs`` no-op jobs enqueued (bulk, 100 a call) and drained through the
+``aws-sqs`` job queue (records in SQLite, one message per job), vs. the same number of messages sent
+(``send_message_batch``), received and deleted (``receive_message`` / ``delete_message_batch``, 10 at a
+time) with bare aiobotocore. moto (a Python server) bounds both sides; the ratio shows the adapter's overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +28,9 @@ from appliance_aws._aws import AwsClients
 from appliance_aws.s3 import S3BlobStore
 from appliance_aws.ses import SesMailer
 
+from appliance.app import assemble
+from appliance.config import load_settings
+from appliance.jobs import Job, JobService, NewJob
 from appliance.notify import OutgoingEmail
 from appliance.notify.messages import compose
 from tests.peers import HOST, free_port, http_ok, running
@@ -48,7 +55,57 @@ def email(index: int) -> OutgoingEmail:
     )
 
 
-async def bench(url: str, size: int, emails: int) -> None:
+async def sqs_adapter_rate(data_dir: Path, url: str, count: int) -> float:
+    """Jobs per second through ``APPLIANCE_JOBS_BACKEND=aws-sqs``: bulk enqueue, then drain."""
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    os.environ.update({**env, "APPLIANCE_AWS_SQS_QUEUE_PREFIX": "bench-"})
+    settings = load_settings(
+        env={}, data_dir=str(data_dir), root_key="bench-root-key-0123456789", jobs_backend="aws-sqs"
+    )
+    ctx, _ = assemble(settings, role="cli")
+    done = 0
+
+    async def noop(job: Job) -> None:
+        nonlocal done
+        done += 1
+
+    ctx.register_job_handler("bench.noop", noop)
+    async with ctx.running():
+        jobs = ctx.service("jobs", JobService)
+        await jobs.enqueue("default", "jobs", NewJob(type="bench.noop"))  # creates the SQS queues
+        await jobs.drain()
+        done = 0
+        start = time.perf_counter()
+        for first in range(0, count, 100):
+            batch = [NewJob(type="bench.noop") for _ in range(min(100, count - first))]
+            await jobs.enqueue_bulk("default", "jobs", batch)
+        await jobs.drain()
+        elapsed = time.perf_counter() - start
+    assert done == count, f"{done} of {count} ran"
+    return count / elapsed
+
+
+async def sqs_bare_rate(raw: AwsClients, count: int) -> float:
+    """Messages per second sent, received and deleted with bare aiobotocore calls, 10 at a time."""
+    sqs = await raw.client("sqs")
+    queue = (await sqs.create_queue(QueueName="bench-bare"))["QueueUrl"]
+    body = '{"tenant": "default", "queue": "jobs", "id": "job_0123456789abcdef"}'
+    start = time.perf_counter()
+    for first in range(0, count, 10):
+        entries = [{"Id": str(i), "MessageBody": body} for i in range(min(10, count - first))]
+        await sqs.send_message_batch(QueueUrl=queue, Entries=entries)
+    received = 0
+    while received < count:
+        answer = await sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=30)
+        messages = answer.get("Messages", [])
+        received += len(messages)
+        if messages:
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+            await sqs.delete_message_batch(QueueUrl=queue, Entries=entries)
+    return count / (time.perf_counter() - start)
+
+
+async def bench(url: str, size: int, emails: int, count: int) -> None:
     kwargs = {"endpoint_url": url, "aws_access_key_id": "k", "aws_secret_access_key": "s"}
     data = bytes(range(256)) * (size // 256)
     raw = AwsClients(**kwargs)
@@ -84,6 +141,10 @@ async def bench(url: str, size: int, emails: int) -> None:
         await mailer.send(email(index))
     adapter_ses = time.perf_counter() - start
     await mailer.close()
+
+    bare_sqs = await sqs_bare_rate(raw, count)
+    with tempfile.TemporaryDirectory() as data_dir:
+        adapter_sqs = await sqs_adapter_rate(Path(data_dir), url, count)
     await raw.close()
 
     mb = size / MIB
@@ -95,12 +156,17 @@ async def bench(url: str, size: int, emails: int) -> None:
         f"SES {emails} sends:      adapter {emails / adapter_ses:7.1f} /s,   raw aiobotocore {emails / direct_ses:7.1f} /s,"
         f"   ratio {direct_ses / adapter_ses:.2f}"
     )
+    print(
+        f"SQS {count} jobs:       adapter {adapter_sqs:7.1f} /s,   raw aiobotocore {bare_sqs:7.1f} /s,"
+        f"   ratio {adapter_sqs / bare_sqs:.2f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=32)
     parser.add_argument("--emails", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=200)
     args = parser.parse_args()
     port = free_port()
     url = f"http://{HOST}:{port}"
@@ -109,7 +175,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as workdir,
         running("moto", argv, Path(workdir), lambda: http_ok(f"{url}/moto-api/data.json")),
     ):
-        asyncio.run(bench(url, args.size_mib * MIB, args.emails))
+        asyncio.run(bench(url, args.size_mib * MIB, args.emails, args.jobs))
 
 
 if __name__ == "__main__":
