@@ -28,11 +28,9 @@ from appliance_aws._aws import AwsClients
 from appliance_aws.s3 import S3BlobStore
 from appliance_aws.ses import SesMailer
 
-from appliance.app import assemble
-from appliance.config import load_settings
-from appliance.jobs import Job, JobService, NewJob
 from appliance.notify import OutgoingEmail
 from appliance.notify.messages import compose
+from benchmarks.bench_jobs import appliance_rate
 from tests.peers import HOST, free_port, http_ok, running
 
 MIB = 1024 * 1024
@@ -56,33 +54,10 @@ def email(index: int) -> OutgoingEmail:
 
 
 async def sqs_adapter_rate(data_dir: Path, url: str, count: int) -> float:
-    """Jobs per second through ``APPLIANCE_JOBS_BACKEND=aws-sqs``: bulk enqueue, then drain."""
+    """Jobs per second through ``APPLIANCE_JOBS_BACKEND=aws-sqs`` (bench_jobs' enqueue-then-drain run)."""
     env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
     os.environ.update({**env, "APPLIANCE_AWS_SQS_QUEUE_PREFIX": "bench-"})
-    settings = load_settings(
-        env={}, data_dir=str(data_dir), root_key="bench-root-key-0123456789", jobs_backend="aws-sqs"
-    )
-    ctx, _ = assemble(settings, role="cli")
-    done = 0
-
-    async def noop(job: Job) -> None:
-        nonlocal done
-        done += 1
-
-    ctx.register_job_handler("bench.noop", noop)
-    async with ctx.running():
-        jobs = ctx.service("jobs", JobService)
-        await jobs.enqueue("default", "jobs", NewJob(type="bench.noop"))  # creates the SQS queues
-        await jobs.drain()
-        done = 0
-        start = time.perf_counter()
-        for first in range(0, count, 100):
-            batch = [NewJob(type="bench.noop") for _ in range(min(100, count - first))]
-            await jobs.enqueue_bulk("default", "jobs", batch)
-        await jobs.drain()
-        elapsed = time.perf_counter() - start
-    assert done == count, f"{done} of {count} ran"
-    return count / elapsed
+    return await appliance_rate(data_dir, count=count, jobs_backend="aws-sqs")
 
 
 async def sqs_bare_rate(raw: AwsClients, count: int) -> float:

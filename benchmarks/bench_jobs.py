@@ -29,7 +29,7 @@ from appliance.app import assemble
 from appliance.config import load_settings
 from appliance.jobs import Job, JobService, NewJob
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+N = int(sys.argv[1]) if __name__ == "__main__" and len(sys.argv) > 1 else 5000
 CONCURRENCY = 32
 BATCH = 500
 
@@ -61,13 +61,16 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-async def appliance_rate(data_dir: Path, redis_url: str = "") -> float:
+async def appliance_rate(data_dir: Path, redis_url: str = "", count: int = 0, **overrides: Any) -> float:
+    """No-op jobs per second through the adapter the settings pick (``overrides``, e.g. a plugin's)."""
+    count = count or N
     settings = load_settings(
         env={},
         data_dir=str(data_dir),
         root_key="bench-root-key-0123456789",
         redis_url=redis_url,
         job_concurrency=CONCURRENCY,
+        **overrides,
     )
     ctx, _ = assemble(settings, role="cli")
     done = 0
@@ -83,15 +86,15 @@ async def appliance_rate(data_dir: Path, redis_url: str = "") -> float:
         await jobs.drain()
         done = 0
         start = time.perf_counter()
-        for i in range(0, N, BATCH):
+        for i in range(0, count, BATCH):
             await jobs.enqueue_bulk(
-                "default", "bench", [NewJob(type="bench.noop") for _ in range(min(BATCH, N - i))]
+                "default", "bench", [NewJob(type="bench.noop") for _ in range(min(BATCH, count - i))]
             )
         await jobs.drain()
         elapsed = time.perf_counter() - start
-        assert done == N, f"{done} of {N} ran"
+        assert done == count, f"{done} of {count} ran"
         await jobs.queue.purge("default")
-    return N / elapsed
+    return count / elapsed
 
 
 async def bare_arq_rate(redis_url: str) -> float:
