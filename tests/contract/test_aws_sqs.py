@@ -174,13 +174,13 @@ async def test_a_lost_message_is_sent_again_once_its_queue_is_empty(
 async def test_a_running_job_keeps_its_message_invisible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_peer: MotoPeer
 ) -> None:
-    monkeypatch.setattr(sqs_module, "VISIBILITY_S", 1)
+    monkeypatch.setattr(sqs_module, "VISIBILITY_S", 2)  # extended every 0.67 s
     async with sqs_app(tmp_path, monkeypatch, moto_peer.env()) as (_, jobs, queue, calls):
-        record = await jobs.enqueue("default", "q", NewJob(type="test.work", payload={"sleep": 2.2}))
+        record = await jobs.enqueue("default", "q", NewJob(type="test.work", payload={"sleep": 3.4}))
         drain = asyncio.create_task(jobs.drain())
         await until(lambda: bool(calls))
         started = time.monotonic()
-        while time.monotonic() - started < 1.8:  # well past the 1 s visibility timeout of the receive
+        while time.monotonic() - started < 3:  # well past the 2 s visibility timeout of the receive
             assert await counts(queue, ("q", 0)) == {"Visible": 0, "NotVisible": 1, "Delayed": 0}
             await asyncio.sleep(0.2)
         assert await drain == 1
