@@ -23,15 +23,18 @@ import pytest
 from appliance_aws import sqs as sqs_module
 from appliance_aws.sqs import SqsQueue, queue_name
 from click.testing import CliRunner
+from litestar.testing import AsyncTestClient
 
-from appliance.app import assemble
+from appliance.app import assemble, create_app
 from appliance.cli import cli
 from appliance.config import ConfigError
 from appliance.core.context import Context
 from appliance.jobs import Backoff, Job, JobService, NewJob
+from appliance.jobs.http import verify
 from tests.aws_peers import MotoPeer
 from tests.conftest import ROOT, make_settings
 from tests.peers import HOST, free_port, http_ok, running
+from tests.receiver import serve_receiver
 
 FAST = Backoff(initial_s=0, factor=1, max_s=0)
 SQS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -228,6 +231,30 @@ async def test_enqueues_survive_an_sqs_outage(
             assert len(calls) == 3
             [status] = [s for s in await ctx.check_health() if s.name == "jobs"]
             assert status.ok and "identity arn:aws:sts::" in status.detail
+
+
+async def test_the_api_runs_an_http_job_through_sqs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_peer: MotoPeer
+) -> None:
+    """Configuration alone picks aws-sqs for the whole app; its own background worker runs the job."""
+    for name, value in {**moto_peer.env(), "APPLIANCE_AWS_SQS_QUEUE_PREFIX": "api-"}.items():
+        monkeypatch.setenv(name, value)
+    app = create_app(make_settings(tmp_path / "data", jobs_backend="aws-sqs"))
+    with serve_receiver() as receiver:
+        async with AsyncTestClient(app, base_url="http://appliance.test") as client:
+            job = {"type": "http", "payload": {"url": receiver.url, "body": {"via": "sqs"}, "secret": "k"}}
+            created = await client.post("/v1/queues/hooks.out/jobs", json=job, headers=ROOT)
+            assert created.status_code == 201, created.text
+            path = f"/v1/queues/hooks.out/jobs/{created.json()['id']}"
+            deadline = time.monotonic() + 15
+            while (await client.get(path, headers=ROOT)).json()["status"] != "succeeded":
+                assert time.monotonic() < deadline, "the SQS worker did not run the job"
+                await asyncio.sleep(0.02)
+            [delivery] = receiver.deliveries
+            assert verify("k", delivery.body, delivery.headers["Appliance-Signature"])
+            ready = (await client.get("/readyz")).json()
+            [jobs] = [b for b in ready["backends"] if b["name"] == "jobs"]
+            assert jobs["backend"] == "aws-sqs" and jobs["ok"] and "api-*" in jobs["detail"]
 
 
 def test_doctor_reports_the_sqs_backend_and_the_identity(
