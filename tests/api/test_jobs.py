@@ -242,17 +242,25 @@ async def test_http_job_over_the_arq_backend(
     # test polls the API, with a deadline, instead of draining the queue from here).
     app = create_app(make_settings(tmp_path / "arq-data", redis_url=redis.url))
     async with AsyncTestClient(app, base_url="http://appliance.test") as client:
-        job = {"type": "http", "payload": {"url": receiver.url, "body": {"via": "arq"}, "secret": "k"}}
-        created = await client.post("/v1/queues/hooks/jobs", json=job, headers=ROOT)
-        assert created.status_code == 201, created.text
-        path = f"/v1/queues/hooks/jobs/{created.json()['id']}"
-        deadline = time.monotonic() + 15
-        while (await client.get(path, headers=ROOT)).json()["status"] != "succeeded":
-            assert time.monotonic() < deadline, "the arq worker did not run the job"
-            await asyncio.sleep(0.02)
-        [delivery] = receiver.deliveries
-        assert verify("k", delivery.body, delivery.headers["Appliance-Signature"])
-        ready = (await client.get("/readyz")).json()
-        assert {"name": "jobs", "backend": "arq", "ok": True}.items() <= next(
-            b for b in ready["backends"] if b["name"] == "jobs"
-        ).items()
+        await http_job_runs_in_the_background(client, receiver, "arq")
+
+
+async def http_job_runs_in_the_background(
+    client: AsyncTestClient[Litestar], receiver: Receiver, backend: str, queue: str = "hooks"
+) -> dict[str, Any]:
+    """POST an ``http`` job, wait (deadline) for the app's own worker to run it, check the signature and
+    that ``/readyz`` names ``backend``; return that backend's ``/readyz`` entry."""
+    job = {"type": "http", "payload": {"url": receiver.url, "body": {"via": backend}, "secret": "k"}}
+    created = await client.post(f"/v1/queues/{queue}/jobs", json=job, headers=ROOT)
+    assert created.status_code == 201, created.text
+    path = f"/v1/queues/{queue}/jobs/{created.json()['id']}"
+    deadline = time.monotonic() + 15
+    while (await client.get(path, headers=ROOT)).json()["status"] != "succeeded":
+        assert time.monotonic() < deadline, f"the {backend} worker did not run the job"
+        await asyncio.sleep(0.02)
+    [delivery] = receiver.deliveries
+    assert verify("k", delivery.body, delivery.headers["Appliance-Signature"])
+    ready = (await client.get("/readyz")).json()
+    status: dict[str, Any] = next(b for b in ready["backends"] if b["name"] == "jobs")
+    assert {"name": "jobs", "backend": backend, "ok": True}.items() <= status.items()
+    return status

@@ -30,7 +30,7 @@ from appliance.cli import cli
 from appliance.config import ConfigError
 from appliance.core.context import Context
 from appliance.jobs import Backoff, Job, JobService, NewJob
-from appliance.jobs.http import verify
+from tests.api.test_jobs import http_job_runs_in_the_background
 from tests.aws_peers import MotoPeer
 from tests.conftest import ROOT, make_settings
 from tests.peers import HOST, free_port, http_ok, running
@@ -242,19 +242,8 @@ async def test_the_api_runs_an_http_job_through_sqs(
     app = create_app(make_settings(tmp_path / "data", jobs_backend="aws-sqs"))
     with serve_receiver() as receiver:
         async with AsyncTestClient(app, base_url="http://appliance.test") as client:
-            job = {"type": "http", "payload": {"url": receiver.url, "body": {"via": "sqs"}, "secret": "k"}}
-            created = await client.post("/v1/queues/hooks.out/jobs", json=job, headers=ROOT)
-            assert created.status_code == 201, created.text
-            path = f"/v1/queues/hooks.out/jobs/{created.json()['id']}"
-            deadline = time.monotonic() + 15
-            while (await client.get(path, headers=ROOT)).json()["status"] != "succeeded":
-                assert time.monotonic() < deadline, "the SQS worker did not run the job"
-                await asyncio.sleep(0.02)
-            [delivery] = receiver.deliveries
-            assert verify("k", delivery.body, delivery.headers["Appliance-Signature"])
-            ready = (await client.get("/readyz")).json()
-            [jobs] = [b for b in ready["backends"] if b["name"] == "jobs"]
-            assert jobs["backend"] == "aws-sqs" and jobs["ok"] and "api-*" in jobs["detail"]
+            status = await http_job_runs_in_the_background(client, receiver, "aws-sqs", queue="hooks.out")
+    assert "api-*" in status["detail"] and "identity arn:aws:sts::" in status["detail"]
 
 
 def test_doctor_reports_the_sqs_backend_and_the_identity(
