@@ -4,8 +4,10 @@ All tenants share one physical bucket (``APPLIANCE_S3_BUCKET_PREFIX``, created a
 every object name is ``<tenant>/<name>``, built in one place (:meth:`S3BlobStore._object`) from a
 validated tenant id, so one tenant's calls cannot address another's objects.
 
-Uploads of unknown length go up as multipart uploads in 8 MiB parts, two in flight while the next
-is read, so memory stays around a few parts; a failed or oversized upload is aborted, leaving no
+Uploads of unknown length go up as multipart uploads in 8 MiB parts, three in flight while the next
+is read (the ETag's MD5 is computed in a thread of its own), so memory stays around a few parts;
+downloads larger than 8 MiB are ranged GETs of 8 MiB, the next three fetched concurrently while the
+current one is sent, so memory stays bounded too; a failed or oversized upload is aborted, leaving no
 object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
 after 24 hours; on AWS add an ``AbortIncompleteMultipartUpload`` lifecycle rule).
 """
@@ -17,8 +19,9 @@ import contextlib
 import hashlib
 import io
 import re
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import aiohttp
 from miniopy_async.api import Minio
@@ -34,8 +37,10 @@ from appliance.storage import BlobInfo, BlobNotFound, BlobPage, BlobStat, Storag
 __all__ = ["S3BlobStore"]
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
+RANGE_SIZE = 8 * 1024 * 1024  # downloads: bytes per ranged GET
 _READ_CHUNK = 1024 * 1024
-_IN_FLIGHT = 2  # parts uploading while the next is read
+_IN_FLIGHT = 3  # parts uploading while the next is read
+_PREFETCH = 3  # ranges downloading while the current one is sent
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
@@ -115,9 +120,9 @@ class S3BlobStore:
     async def put(self, tenant: str, name: str, chunks: AsyncIterable[bytes]) -> BlobInfo:
         key = self._object(tenant, name)
         await self._ensure_bucket()
-        digest = hashlib.md5(usedforsecurity=False)
+        hasher = _Hasher()
         size = 0
-        parts = _parts(chunks, digest)
+        parts = _parts(chunks, hasher)
         try:
             first = await anext(parts, b"")
             second = await anext(parts, None)
@@ -126,11 +131,13 @@ class S3BlobStore:
                 await self._client.put_object(self.bucket, key, io.BytesIO(first), size)
             else:
                 size = await self._multipart(key, first, second, parts)
+            etag = await hasher.hexdigest()
         except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         finally:
             await parts.aclose()
-        return BlobInfo(size=size, etag=digest.hexdigest())
+            hasher.close()
+        return BlobInfo(size=size, etag=etag)
 
     async def _multipart(self, key: str, first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> int:
         # The client's own multipart steps (what its put_object uses), so that parts can upload
@@ -171,18 +178,66 @@ class S3BlobStore:
         self, tenant: str, name: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         key = self._object(tenant, name)
+        if length is None:
+            length = max((await self.head(tenant, name)).size - offset, 0)
         if length == 0:
             await self.head(tenant, name)
             return _empty()
+        first = min(length, RANGE_SIZE)
+        response = await self._open_range(name, key, offset, first)
+        if first == length:
+            return _body(response)
+        return self._ranges(name, key, response, offset + first, length - first)
+
+    async def _open_range(self, name: str, key: str, offset: int, length: int) -> aiohttp.ClientResponse:
         try:
-            response = await self._client.get_object(self.bucket, key, offset=offset, length=length or 0)
+            return await self._client.get_object(self.bucket, key, offset=offset, length=length)
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise BlobNotFound(name) from None
             raise self._unavailable(exc) from exc
         except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
-        return _body(response)
+
+    async def _fetch_range(self, name: str, key: str, offset: int, length: int) -> list[bytes]:
+        response = await self._open_range(name, key, offset, length)
+        chunks = [chunk async for chunk in _body(response)]  # as received: no joining copy
+        if sum(map(len, chunks)) != length:
+            raise StorageUnavailable(f"object storage sent a short {length}-byte range")
+        return chunks
+
+    async def _ranges(
+        self, name: str, key: str, first: aiohttp.ClientResponse, offset: int, length: int
+    ) -> AsyncIterator[bytes]:
+        """Stream ``first`` while the next ranges (``RANGE_SIZE`` each) download concurrently, in order.
+
+        At most ``_PREFETCH`` ranges are held or in flight, so memory stays bounded whatever the size.
+        """
+        ahead: deque[asyncio.Task[list[bytes]]] = deque()
+        end = offset + length
+
+        def refill() -> None:
+            nonlocal offset
+            while offset < end and len(ahead) < _PREFETCH:
+                size = min(RANGE_SIZE, end - offset)
+                ahead.append(asyncio.ensure_future(self._fetch_range(name, key, offset, size)))
+                offset += size
+
+        try:
+            refill()
+            async for chunk in _body(first):
+                yield chunk
+            while ahead:
+                chunks = await ahead.popleft()
+                refill()
+                for chunk in chunks:
+                    yield chunk
+        except BlobNotFound:
+            raise StorageUnavailable("the object was deleted while it was being read") from None
+        finally:
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
 
     async def head(self, tenant: str, name: str) -> BlobStat:
         key = self._object(tenant, name)
@@ -260,18 +315,43 @@ class S3BlobStore:
         )
 
 
-async def _parts(chunks: AsyncIterable[bytes], digest: Any) -> AsyncGenerator[bytes, None]:
+class _Hasher:
+    """The upload's MD5, computed part by part, in order, in a thread of its own (off the event loop)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.md5(usedforsecurity=False)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
+        self._last: Future[None] | None = None
+
+    def add(self, chunks: list[bytes]) -> None:
+        self._last = self._thread.submit(self._update, chunks)
+
+    def _update(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._digest.update(chunk)
+
+    async def hexdigest(self) -> str:
+        if self._last is not None:
+            await asyncio.wrap_future(self._last)  # the thread runs them in order: all are done
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+async def _parts(chunks: AsyncIterable[bytes], hasher: _Hasher) -> AsyncGenerator[bytes, None]:
     """Regroup ``chunks`` into parts of at least ``PART_SIZE`` (the last may be shorter), hashing them."""
     pending: list[bytes] = []
     held = 0
     async for chunk in chunks:
-        digest.update(chunk)
         pending.append(chunk)
         held += len(chunk)
         if held >= PART_SIZE:
+            hasher.add(pending)
             yield b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
             pending, held = [], 0
     if pending:
+        hasher.add(pending)
         yield b"".join(pending)
 
 
@@ -281,9 +361,11 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The response's bytes in the pieces they arrived in (``iter_chunks`` neither splits nor joins them)."""
     try:
-        async for chunk in response.content.iter_chunked(_READ_CHUNK):
-            yield chunk
+        async for chunk, _ in response.content.iter_chunks():
+            if chunk:
+                yield chunk
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise StorageUnavailable(f"object storage connection broke mid-download: {exc}") from exc
     finally:
