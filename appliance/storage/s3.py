@@ -4,9 +4,9 @@ All tenants share one physical bucket (``APPLIANCE_S3_BUCKET_PREFIX``, created a
 every object name is ``<tenant>/<name>``, built in one place (:meth:`S3BlobStore._object`) from a
 validated tenant id, so one tenant's calls cannot address another's objects.
 
-Uploads of unknown length go up as multipart uploads in 8 MiB parts, three in flight while the next
+Uploads of unknown length go up as multipart uploads in 8 MiB parts, two in flight while the next
 is read (the ETag's MD5 is computed in a thread of its own), so memory stays around a few parts;
-downloads larger than 8 MiB are ranged GETs of 8 MiB, the next three fetched concurrently while the
+downloads larger than 8 MiB are ranged GETs of 8 MiB, the next two fetched concurrently while the
 current one is sent, so memory stays bounded too; a failed or oversized upload is aborted, leaving no
 object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
 after 24 hours; on AWS add an ``AbortIncompleteMultipartUpload`` lifecycle rule).
@@ -39,8 +39,8 @@ __all__ = ["S3BlobStore"]
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
 RANGE_SIZE = 8 * 1024 * 1024  # downloads: bytes per ranged GET
 _READ_CHUNK = 1024 * 1024
-_IN_FLIGHT = 3  # parts uploading while the next is read
-_PREFETCH = 3  # ranges downloading while the current one is sent
+_IN_FLIGHT = 2  # parts uploading while the next is read
+_PREFETCH = 2  # ranges downloading while the current one is sent
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
@@ -171,7 +171,7 @@ class S3BlobStore:
         return size
 
     async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
-        etag = await self._client._upload_part(self.bucket, key, io.BytesIO(data), None, upload_id, number)
+        etag = await self._client._upload_part(self.bucket, key, _Part(data), None, upload_id, number)
         return Part(number, etag)
 
     async def get(
@@ -313,6 +313,22 @@ class S3BlobStore:
         return BackendStatus(
             name="storage", backend="s3", mode="server", ok=True, detail=f"{self.endpoint}/{self.bucket}"
         )
+
+
+class _Part(io.BytesIO):
+    """A part's bytes as a ``BytesIO`` (what the client wants) without the copy of them it would make.
+
+    A ``BytesIO`` shares the ``bytes`` it starts from until ``getbuffer()``, which copies them; the
+    client and aiohttp call ``getbuffer()`` only to measure the size, so a read-only view of the
+    ``bytes`` serves them just as well.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
 
 
 class _Hasher:
