@@ -26,6 +26,10 @@ s3 (a MinIO started here)
   download  appliance  curl GET -> file
             direct     the ``minio`` client's ``get_object`` -> file, and curl GET of a presigned URL -> file
 
+Also measured: the CPU time every process spends on each transfer (curl, the appliance, MinIO, and
+this script for the direct copies and the minio client), per GiB. On a machine whose cores are all
+busy, throughput follows CPU cost, so that table says why a ratio is what it is.
+
 Ratios are appliance / direct throughput (1.0 = as fast as going direct), from the same round, so
 they hold up on a loaded machine; with several rounds, also their median and the ratio of the best
 round of each (the least disturbed by other load). Also printed: the appliance's peak RSS growth (VmHWM) over the
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -51,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import ROOT_KEY
-from tests.peers import find_tool, free_ports, http_ok, running
+from tests.peers import PeerProcess, find_tool, free_ports, http_ok, running
 from tests.process import run_appliance
 
 MIB = 1024 * 1024
@@ -60,7 +65,10 @@ ENV = {"APPLIANCE_ROOT_KEY": ROOT_KEY, "APPLIANCE_RATE_LIMIT_PER_KEY": "", "APPL
 OBJECT = "/v1/buckets/bench/objects/blob.bin"
 AUTH = f"Authorization: Bearer {ROOT_KEY}"
 
-Results = dict[str, float]  # "upload appliance" -> seconds
+Results = dict[str, float]  # "upload appliance" -> seconds; "upload appliance cpu" -> CPU seconds
+WATCHED: dict[str, int] = {}  # server processes whose CPU time counts: "appliance", "minio" -> pid
+WATCHED_NAMES = ("appliance", "minio")
+CPU: dict[str, float] = {}  # the last timed() action's CPU seconds, by process
 
 
 # ------------------------------------------------------------------ helpers ---
@@ -78,10 +86,34 @@ def make_source(path: Path, size: int) -> None:
             pass
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) so far: of curl (finished children), of this process, of each server."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    spent = {"curl": children.ru_utime + children.ru_stime, "bench": me.ru_utime + me.ru_stime}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in WATCHED.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        spent[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return spent
+
+
 def timed(action: Callable[[], object]) -> float:
+    """Wall seconds of ``action``; its CPU seconds by process are left in ``CPU``."""
+    before = cpu_seconds()
     start = time.perf_counter()
     action()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = cpu_seconds()
+    CPU.clear()
+    CPU.update({name: after[name] - before[name] for name in after})
+    return elapsed
+
+
+def record(results: Results, name: str, action: Callable[[], object]) -> None:
+    results[name] = timed(action)
+    results[f"{name} cpu"] = sum(CPU.values())
+    results.update({f"{name} cpu {who}": spent for who, spent in CPU.items()})
 
 
 def copy_file(source: Path, target: Path, fsync: bool) -> None:
@@ -174,21 +206,19 @@ def local_round(workdir: Path, source: Path, appliance_url: str, blob_root: Path
     out = source.parent / "out.bin"
     results: Results = {}
     url = appliance_url + OBJECT
-    results["upload direct (file write + fsync)"] = timed(
-        lambda: copy_file(source, workdir / "direct.bin", True)
+    record(
+        results, "upload direct (file write + fsync)", lambda: copy_file(source, workdir / "direct.bin", True)
     )
-    results["upload appliance"] = timed(lambda: curl_put(url, source, AUTH))
+    record(results, "upload appliance", lambda: curl_put(url, source, AUTH))
     (workdir / "direct.bin").unlink()
     blob = max(blob_root.rglob("*"), key=lambda p: p.stat().st_mtime if p.is_file() else 0)
     check_same(source, blob)
-    results["download appliance"] = timed(lambda: curl_get(url, out, AUTH))
+    record(results, "download appliance", lambda: curl_get(url, out, AUTH))
     check_same(source, out)
-    results["download direct (plain file copy)"] = timed(lambda: copy_file(blob, out, False))
+    record(results, "download direct (plain file copy)", lambda: copy_file(blob, out, False))
     for zero_copy, label in ((False, "read+send"), (True, "sendfile")):
         with raw_http_server(blob, zero_copy) as raw_url:
-            start = time.perf_counter()
-            curl_get(raw_url, out)
-            results[f"download raw http ({label})"] = time.perf_counter() - start
+            record(results, f"download raw http ({label})", lambda url=raw_url: curl_get(url, out))
         check_same(source, out)
     out.unlink()
     return results
@@ -220,22 +250,24 @@ def s3_round(
             response.close()
             response.release_conn()
 
-    results["upload direct (minio client)"] = timed(
-        lambda: client.fput_object("direct", "client.bin", str(source), part_size=16 * MIB)
+    record(
+        results,
+        "upload direct (minio client)",
+        lambda: client.fput_object("direct", "client.bin", str(source), part_size=16 * MIB),
     )
-    results["upload direct (curl, presigned)"] = timed(lambda: curl_put(put_url, source))
-    results["upload appliance"] = timed(lambda: curl_put(url, source, AUTH))
-    results["download appliance"] = timed(lambda: curl_get(url, out, AUTH))
+    record(results, "upload direct (curl, presigned)", lambda: curl_put(put_url, source))
+    record(results, "upload appliance", lambda: curl_put(url, source, AUTH))
+    record(results, "download appliance", lambda: curl_get(url, out, AUTH))
     check_same(source, out)
-    results["download direct (minio client)"] = timed(minio_get)
+    record(results, "download direct (minio client)", minio_get)
     check_same(source, out)
-    results["download direct (curl, presigned)"] = timed(lambda: curl_get(get_url, out))
+    record(results, "download direct (curl, presigned)", lambda: curl_get(get_url, out))
     check_same(source, out)
     out.unlink()
     return results
 
 
-def minio_server(workdir: Path) -> tuple[AbstractContextManager[object], str, str, str]:
+def minio_server(workdir: Path) -> tuple[AbstractContextManager[PeerProcess], str, str, str]:
     port, console = free_ports(2)
     access, secret = "bench-access", "bench-secret-key"
     env = {"MINIO_ROOT_USER": access, "MINIO_ROOT_PASSWORD": secret, "MINIO_UPDATE": "off"}
@@ -249,15 +281,16 @@ def report(backend: str, size: int, rounds: list[Results], growth: list[int]) ->
     def mbps(seconds: float) -> float:
         return size / MIB / seconds
 
+    names = [name for name in rounds[0] if not name.endswith(" cpu")]
     print(f"\n{backend}: {size / MIB:.0f} MiB, {len(rounds)} round(s); MiB/s per round, then the median")
-    for name in rounds[0]:
+    for name in names:
         speeds = [mbps(r[name]) for r in rounds]
         cells = "  ".join(f"{s:7.0f}" for s in speeds)
         print(f"  {name:36} {cells}   median {statistics.median(speeds):7.0f}")
     print("  ratios (appliance / direct): per round, the median of those, and best round / best round")
     for direction in ("upload", "download"):
         ours = [r[f"{direction} appliance"] for r in rounds]
-        for name in rounds[0]:
+        for name in names:
             if not name.startswith(direction) or name == f"{direction} appliance":
                 continue
             ratios = [r[name] / r[f"{direction} appliance"] for r in rounds]
@@ -265,6 +298,20 @@ def report(backend: str, size: int, rounds: list[Results], growth: list[int]) ->
             cells = "  ".join(f"{x:7.2f}" for x in ratios)
             label = f"{direction} vs {name.removeprefix(direction).strip()}"
             print(f"  {label:36} {cells}   median {statistics.median(ratios):7.2f}   best {best:5.2f}")
+    gib = size / 1024**3
+    print("  CPU seconds per GiB, all processes (curl, servers, this script), median; and direct / appliance")
+    for direction in ("upload", "download"):
+        appliance_cost = statistics.median(r[f"{direction} appliance cpu"] for r in rounds) / gib
+        for name in names:
+            if name.startswith(direction):
+                cost = statistics.median(r[f"{name} cpu"] for r in rounds) / gib
+                parts = {
+                    who: statistics.median(r[f"{name} cpu {who}"] for r in rounds) / gib
+                    for who in ("curl", "bench", *WATCHED_NAMES)
+                    if f"{name} cpu {who}" in rounds[0]
+                }
+                detail = ", ".join(f"{who} {spent:.2f}" for who, spent in parts.items() if spent >= 0.05)
+                print(f"  {name:36} {cost:6.2f}   {cost / appliance_cost:5.2f}   ({detail})")
     print(f"  appliance peak RSS growth: {', '.join(f'{g / MIB:.1f}' for g in growth)} MiB (target < 100)")
 
 
@@ -280,6 +327,7 @@ def bench(
     results: list[Results] = []
     growth: list[int] = []
     with run_appliance(data_dir, {**ENV, **env}, timeout=60) as proc:
+        WATCHED["appliance"] = proc.process.pid
         warm = workdir / "warm.bin"
         make_source(warm, 8 * MIB)
         curl_put(proc.url + OBJECT, warm, AUTH)
@@ -293,6 +341,7 @@ def bench(
             else:
                 results.append(direct(workdir, source, proc.url))
             growth.append(peak_rss(proc.process.pid) - before)
+    del WATCHED["appliance"]
     report(backend, source.stat().st_size, results, growth)
 
 
@@ -329,7 +378,8 @@ def main() -> None:
             bench("local", workdir, source, args.rounds, {}, local_round)
         if args.backend in ("s3", "both"):
             server, endpoint, access, secret = minio_server(workdir)
-            with server:
+            with server as minio:
+                WATCHED["minio"] = minio.proc.pid
                 env = {
                     "APPLIANCE_S3_ENDPOINT": endpoint,
                     "APPLIANCE_S3_ACCESS_KEY": access,
