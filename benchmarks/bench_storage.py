@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -218,7 +219,7 @@ def local_round(workdir: Path, source: Path, appliance_url: str, blob_root: Path
     record(results, "download direct (plain file copy)", lambda: copy_file(blob, out, False))
     for zero_copy, label in ((False, "read+send"), (True, "sendfile")):
         with raw_http_server(blob, zero_copy) as raw_url:
-            record(results, f"download raw http ({label})", lambda url=raw_url: curl_get(url, out))
+            record(results, f"download raw http ({label})", partial(curl_get, raw_url, out))
         check_same(source, out)
     out.unlink()
     return results
