@@ -282,7 +282,7 @@ def report(backend: str, size: int, rounds: list[Results], growth: list[int]) ->
     def mbps(seconds: float) -> float:
         return size / MIB / seconds
 
-    names = [name for name in rounds[0] if not name.endswith(" cpu")]
+    names = [name for name in rounds[0] if " cpu" not in name]
     print(f"\n{backend}: {size / MIB:.0f} MiB, {len(rounds)} round(s); MiB/s per round, then the median")
     for name in names:
         speeds = [mbps(r[name]) for r in rounds]
