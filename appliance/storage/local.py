@@ -26,7 +26,7 @@ __all__ = ["LocalBlobStore"]
 
 _BATCH = 1024 * 1024  # bytes handed to the writer and hasher threads at a time
 _AHEAD = 8  # batches queued for them while the next one is received
-_MAX_IOV = 256
+_MAX_IOV = 256  # chunks per batch at most (one writev each), however small they are
 _READ = 4 * 1024 * 1024  # bytes per read when serving
 _TMP = ".tmp"
 
@@ -153,9 +153,9 @@ def _owner_alive(temp_name: str) -> bool:
 class _Sink:
     """Writes and hashes an upload off the event loop, while the loop goes on receiving it.
 
-    The loop gathers the incoming chunks into batches of about ``_BATCH`` bytes and hands each batch
-    to two single-thread executors, one writing it (``os.writev``: no copy into a joined buffer) and
-    one hashing it, so receiving, writing and hashing overlap. At most ``_AHEAD`` batches wait on
+    The loop gathers the incoming chunks into batches of about ``_BATCH`` bytes (at most ``_MAX_IOV``
+    chunks) and hands each batch to two single-thread executors, one writing it (``os.writev``: no
+    copy into a joined buffer) and one hashing it, so receiving, writing and hashing overlap. At most ``_AHEAD`` batches wait on
     the threads: memory stays around ``(_AHEAD + 1) * _BATCH`` whatever the size of the upload.
     """
 
@@ -174,7 +174,7 @@ class _Sink:
         async for chunk in chunks:
             batch.append(chunk)
             held += len(chunk)
-            if held >= _BATCH:
+            if held >= _BATCH or len(batch) >= _MAX_IOV:
                 await self._submit(batch)
                 size += held
                 batch, held = [], 0
@@ -209,8 +209,6 @@ class _Sink:
 
 
 def _write_all(fd: int, batch: list[bytes]) -> None:
-    if len(batch) > _MAX_IOV:  # a client sending tiny chunks: one copy rather than thousands of iovecs
-        batch = [b"".join(batch)]
     views = [memoryview(chunk) for chunk in batch if chunk]
     while views:
         written = os.writev(fd, views)
@@ -264,7 +262,7 @@ async def _read(fd: int, offset: int, length: int | None) -> AsyncIterator[bytes
     ahead = next_read()
     try:
         while ahead is not None:
-            chunk = await ahead
+            chunk = await asyncio.shield(ahead)  # cancelled or not, the read in its thread runs to its end
             ahead = None
             if not chunk:
                 break
@@ -275,9 +273,15 @@ async def _read(fd: int, offset: int, length: int | None) -> AsyncIterator[bytes
             yield chunk
     finally:
         if ahead is None or ahead.done():
-            os.close(fd)  # closing a regular file does not block
+            _close_after(ahead, fd)
         else:  # a read is still running in a thread: close the file once it is done with it
-            ahead.add_done_callback(lambda _: os.close(fd))
+            ahead.add_done_callback(lambda done: _close_after(done, fd))
+
+
+def _close_after(read: asyncio.Future[bytes] | None, fd: int) -> None:
+    if read is not None and not read.cancelled():
+        read.exception()  # an unused read's error is of no interest; fetching it keeps asyncio quiet
+    os.close(fd)  # closing a regular file does not block
 
 
 def _unlink(path: Path, stop: Path) -> bool:
