@@ -6,9 +6,9 @@ validated tenant id, so one tenant's calls cannot address another's objects.
 
 Uploads of unknown length go up as multipart uploads in 8 MiB parts, two in flight while the next
 is read (the ETag's MD5 is computed in a thread of its own), so memory stays around a few parts;
-downloads larger than 32 MiB are ranged GETs of 32 MiB, the next one fetched while the current one
-streams through, so memory stays bounded too (bigger ranges would hold more memory; smaller ones,
-or more of them ahead, cost a MinIO on the same machine more CPU per GiB than they save in waiting); a failed or oversized upload is aborted, leaving no
+downloads are one streamed GET, passed on in ~1 MiB pieces (concurrent ranged GETs were measured
+too: against a MinIO on the same machine they cost more CPU per GiB, MinIO's and ours, than they
+save in waiting, so they were slower); a failed or oversized upload is aborted, leaving no
 object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
 after 24 hours; on AWS add an ``AbortIncompleteMultipartUpload`` lifecycle rule).
 """
@@ -38,10 +38,8 @@ from appliance.storage import BlobInfo, BlobNotFound, BlobPage, BlobStat, Storag
 __all__ = ["S3BlobStore"]
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
-RANGE_SIZE = 32 * 1024 * 1024  # downloads: bytes per ranged GET
 _READ_CHUNK = 1024 * 1024
 _IN_FLIGHT = 2  # parts uploading while the next is read
-_PREFETCH = 1  # ranges downloading while the current one is sent
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
@@ -179,66 +177,18 @@ class S3BlobStore:
         self, tenant: str, name: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         key = self._object(tenant, name)
-        if length is None:
-            length = max((await self.head(tenant, name)).size - offset, 0)
         if length == 0:
             await self.head(tenant, name)
             return _empty()
-        first = min(length, RANGE_SIZE)
-        response = await self._open_range(name, key, offset, first)
-        if first == length:
-            return _body(response)
-        return self._ranges(name, key, response, offset + first, length - first)
-
-    async def _open_range(self, name: str, key: str, offset: int, length: int) -> aiohttp.ClientResponse:
         try:
-            return await self._client.get_object(self.bucket, key, offset=offset, length=length)
+            response = await self._client.get_object(self.bucket, key, offset=offset, length=length or 0)
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise BlobNotFound(name) from None
             raise self._unavailable(exc) from exc
         except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
-
-    async def _fetch_range(self, name: str, key: str, offset: int, length: int) -> list[bytes]:
-        response = await self._open_range(name, key, offset, length)
-        chunks = [chunk async for chunk in _body(response)]  # as received: no joining copy
-        if sum(map(len, chunks)) != length:
-            raise StorageUnavailable(f"object storage sent a short {length}-byte range")
-        return chunks
-
-    async def _ranges(
-        self, name: str, key: str, first: aiohttp.ClientResponse, offset: int, length: int
-    ) -> AsyncIterator[bytes]:
-        """Stream ``first`` while the next ranges (``RANGE_SIZE`` each) download concurrently, in order.
-
-        At most ``_PREFETCH`` ranges are held or in flight, so memory stays bounded whatever the size.
-        """
-        ahead: deque[asyncio.Task[list[bytes]]] = deque()
-        end = offset + length
-
-        def refill() -> None:
-            nonlocal offset
-            while offset < end and len(ahead) < _PREFETCH:
-                size = min(RANGE_SIZE, end - offset)
-                ahead.append(asyncio.ensure_future(self._fetch_range(name, key, offset, size)))
-                offset += size
-
-        try:
-            refill()
-            async for chunk in _body(first):
-                yield chunk
-            while ahead:
-                chunks = await ahead.popleft()
-                refill()
-                for chunk in chunks:
-                    yield chunk
-        except BlobNotFound:
-            raise StorageUnavailable("the object was deleted while it was being read") from None
-        finally:
-            for task in ahead:
-                task.cancel()
-            await asyncio.gather(*ahead, return_exceptions=True)
+        return _body(response)
 
     async def head(self, tenant: str, name: str) -> BlobStat:
         key = self._object(tenant, name)
@@ -333,23 +283,26 @@ class _Part(io.BytesIO):
 
 
 class _Hasher:
-    """The upload's MD5, computed part by part, in order, in a thread of its own (off the event loop)."""
+    """The upload's MD5, computed part by part, in order, in a thread of its own (off the event loop).
+
+    One ``update`` per part (the thread takes the GIL back once per 8 MiB, not once per chunk), and
+    at most ``_IN_FLIGHT`` parts waiting to be hashed, so a starved hashing thread cannot make the
+    upload hold more parts in memory.
+    """
 
     def __init__(self) -> None:
         self._digest = hashlib.md5(usedforsecurity=False)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
-        self._last: Future[None] | None = None
+        self._queued: deque[Future[None]] = deque()
 
-    def add(self, chunks: list[bytes]) -> None:
-        self._last = self._thread.submit(self._update, chunks)
-
-    def _update(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self._digest.update(chunk)
+    async def add(self, part: bytes) -> None:
+        while len(self._queued) >= _IN_FLIGHT:
+            await asyncio.wrap_future(self._queued.popleft())
+        self._queued.append(self._thread.submit(self._digest.update, part))
 
     async def hexdigest(self) -> str:
-        if self._last is not None:
-            await asyncio.wrap_future(self._last)  # the thread runs them in order: all are done
+        while self._queued:
+            await asyncio.wrap_future(self._queued.popleft())
         return self._digest.hexdigest()
 
     def close(self) -> None:
@@ -364,12 +317,14 @@ async def _parts(chunks: AsyncIterable[bytes], hasher: _Hasher) -> AsyncGenerato
         pending.append(chunk)
         held += len(chunk)
         if held >= PART_SIZE:
-            hasher.add(pending)
-            yield b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+            part = b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+            await hasher.add(part)
+            yield part
             pending, held = [], 0
     if pending:
-        hasher.add(pending)
-        yield b"".join(pending)
+        part = b"".join(pending)
+        await hasher.add(part)
+        yield part
 
 
 async def _empty() -> AsyncIterator[bytes]:
