@@ -1,53 +1,151 @@
 """Storage throughput: uploads and downloads through the appliance vs. the same bytes moved directly.
 
-    .venv/bin/python benchmarks/bench_storage.py [--size-mib 256] [--backend local|s3|both]
+    .venv/bin/python benchmarks/bench_storage.py [--size-mib 256] [--rounds 1] [--backend local|s3|both]
 
-For each backend, in the same run, on loopback:
-  local: the appliance (``appliance run``, local blob store) vs. a plain file write (+fsync) and read;
-  s3:    the appliance (``APPLIANCE_S3_ENDPOINT`` at a MinIO it starts) vs. the ``minio`` client
-         talking straight to that MinIO.
-Prints MB/s for each, the ratio (appliance / direct), and the appliance's peak RSS growth.
-The issue's target: ratio >= 0.8 and RSS growth under 100 MB.
+The issue's target is a 1 GiB object (``--size-mib 1024``: about a minute per round and backend on
+a quiet machine); the default is 256 MiB so that a run stays well under a minute.
+
+Every transfer is made by the same fast client, ``curl`` (a subprocess reading the source file and
+writing the received bytes to a file), so the benchmark measures the servers, not a Python HTTP
+client. The source file and the downloaded copies live in a tmpfs (``/dev/shm``: no disk writeback noise);
+uploads are stored on disk (the appliance's data dir, and the direct copy, both fsynced). Per backend
+and round:
+
+local
+  upload    appliance  curl -T src -> PUT -> appliance -> temp file, MD5, fsync, rename, SQLite row
+            direct     copy src -> file, fsync (4 MiB reads/writes): the same bytes written, no appliance
+  download  appliance  curl GET -> file
+            direct     copy blob file -> file (the issue's "plain file copy", no socket at all)
+            raw http   the same curl GET -> file, from a minimal server on the same loopback that only
+                       sends the blob file (``read`` + ``send``, and ``sendfile``): the transfer minus
+                       the appliance, so its ratio is the appliance's own overhead
+s3 (a MinIO started here)
+  upload    appliance  curl -T src -> PUT -> appliance -> MinIO (multipart)
+            direct     the ``minio`` client's ``fput_object`` straight to MinIO, and
+                       curl -T src to a presigned MinIO URL (same client, no appliance)
+  download  appliance  curl GET -> file
+            direct     the ``minio`` client's ``get_object`` -> file, and curl GET of a presigned URL -> file
+
+Also measured: the CPU time every process spends on each transfer (curl, the appliance, MinIO, and
+this script for the direct copies and the minio client), per GiB. On a machine whose cores are all
+busy, throughput follows CPU cost, so that table says why a ratio is what it is.
+
+Ratios are appliance / direct throughput (1.0 = as fast as going direct), from the same round, so
+they hold up on a loaded machine; with several rounds, also their median and the ratio of the best
+round of each (the least disturbed by other load). Also printed: the appliance's peak RSS growth (VmHWM) over the
+round, and ``uptime``'s load averages.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import ROOT, ROOT_KEY
-from tests.peers import find_tool, free_ports, http_ok, running
+from tests.conftest import ROOT_KEY
+from tests.peers import PeerProcess, find_tool, free_ports, http_ok, running
 from tests.process import run_appliance
 
 MIB = 1024 * 1024
-CHUNK = bytes(range(256)) * 4096  # 1 MiB
+BUFFER = 4 * MIB
 ENV = {"APPLIANCE_ROOT_KEY": ROOT_KEY, "APPLIANCE_RATE_LIMIT_PER_KEY": "", "APPLIANCE_RATE_LIMIT_PER_IP": ""}
 OBJECT = "/v1/buckets/bench/objects/blob.bin"
+AUTH = f"Authorization: Bearer {ROOT_KEY}"
+
+Results = dict[str, float]  # "upload appliance" -> seconds; "upload appliance cpu" -> CPU seconds
+WATCHED: dict[str, int] = {}  # server processes whose CPU time counts: "appliance", "minio" -> pid
+WATCHED_NAMES = ("appliance", "minio")
+CPU: dict[str, float] = {}  # the last timed() action's CPU seconds, by process
 
 
-def chunks(size: int) -> Iterator[bytes]:
-    for index in range(size // MIB):
-        yield index.to_bytes(8, "big") + CHUNK[8:]
+# ------------------------------------------------------------------ helpers ---
 
 
-def timed(action: Callable[[], int]) -> tuple[float, int]:
+def make_source(path: Path, size: int) -> None:
+    """A file of ``size`` distinct-looking bytes (each MiB numbered), read once so it is in the page cache."""
+    block = bytes(range(256)) * (MIB // 256)
+    with path.open("wb") as handle:
+        for index in range(size // MIB):
+            handle.write(index.to_bytes(8, "big") + block[8:])
+        handle.write(block[: size % MIB])
+    with path.open("rb") as handle:
+        while handle.read(BUFFER):
+            pass
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) so far: of curl (finished children), of this process, of each server."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    spent = {"curl": children.ru_utime + children.ru_stime, "bench": me.ru_utime + me.ru_stime}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in WATCHED.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        spent[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return spent
+
+
+def timed(action: Callable[[], object]) -> float:
+    """Wall seconds of ``action``; its CPU seconds by process are left in ``CPU``."""
+    before = cpu_seconds()
     start = time.perf_counter()
-    moved = action()
-    return time.perf_counter() - start, moved
+    action()
+    elapsed = time.perf_counter() - start
+    after = cpu_seconds()
+    CPU.clear()
+    CPU.update({name: after[name] - before[name] for name in after})
+    return elapsed
 
 
-def mbps(size: int, seconds: float) -> float:
-    return size / MIB / seconds
+def record(results: Results, name: str, action: Callable[[], object]) -> None:
+    results[name] = timed(action)
+    results[f"{name} cpu"] = sum(CPU.values())
+    results.update({f"{name} cpu {who}": spent for who, spent in CPU.items()})
+
+
+def copy_file(source: Path, target: Path, fsync: bool) -> None:
+    buffer = bytearray(BUFFER)
+    view = memoryview(buffer)
+    with source.open("rb", buffering=0) as reader, target.open("wb", buffering=0) as writer:
+        while count := reader.readinto(buffer):
+            writer.write(view[:count])
+        if fsync:
+            os.fsync(writer.fileno())
+
+
+def curl(*args: str) -> None:
+    """Run curl; fail loudly on an HTTP error. ``-H Expect:``: no 100-continue round trip (same for all)."""
+    argv = ["curl", "--silent", "--show-error", "--fail", "--noproxy", "*", "-H", "Expect:", *args]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def curl_put(url: str, source: Path, *headers: str) -> None:
+    extra = [item for header in headers for item in ("-H", header)]
+    curl("-T", str(source), *extra, url)
+
+
+def curl_get(url: str, target: Path, *headers: str) -> None:
+    extra = [item for header in headers for item in ("-H", header)]
+    curl("-o", str(target), *extra, url)
+
+
+def check_same(a: Path, b: Path) -> None:
+    if a.stat().st_size != b.stat().st_size:
+        raise SystemExit(f"{b} has {b.stat().st_size} bytes, expected {a.stat().st_size}")
 
 
 def peak_rss(pid: int) -> int:
@@ -57,109 +155,120 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ direct ---
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def direct_file(workdir: Path, size: int) -> tuple[float, float]:
-    path = workdir / "direct.bin"
+@contextmanager
+def raw_http_server(path: Path, zero_copy: bool) -> Iterator[str]:
+    """A minimal HTTP/1.1 server that answers every GET with the bytes of ``path``, and nothing else."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
 
-    def write() -> int:
-        with path.open("wb") as handle:
-            for part in chunks(size):
-                handle.write(part)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return size
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, path.open("rb", buffering=0) as handle:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    request += data
+                size = os.fstat(handle.fileno()).st_size
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                conn.sendall(head.encode())
+                if zero_copy:
+                    conn.sendfile(handle)
+                else:
+                    buffer = bytearray(BUFFER)
+                    view = memoryview(buffer)
+                    while count := handle.readinto(buffer):
+                        conn.sendall(view[:count])
 
-    def read() -> int:
-        total = 0
-        with path.open("rb") as handle:
-            while part := handle.read(MIB):
-                total += len(part)
-        return total
-
-    up, _ = timed(write)
-    down, moved = timed(read)
-    assert moved == size
-    path.unlink()
-    return up, down
-
-
-class _Reader:
-    """A file-like view of :func:`chunks` for the minio client's unknown-length upload."""
-
-    def __init__(self, size: int) -> None:
-        self._parts = chunks(size)
-        self._buffer = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            part = next(self._parts, None)
-            if part is None:
-                break
-            self._buffer += part
-        out, self._buffer = (self._buffer, b"") if n < 0 else (self._buffer[:n], self._buffer[n:])
-        return out
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
 
 
-def direct_minio(endpoint: str, access: str, secret: str, size: int) -> tuple[float, float]:
+# ------------------------------------------------------------------- rounds ---
+
+
+def local_round(workdir: Path, source: Path, appliance_url: str, blob_root: Path) -> Results:
+    out = source.parent / "out.bin"
+    results: Results = {}
+    url = appliance_url + OBJECT
+    record(
+        results, "upload direct (file write + fsync)", lambda: copy_file(source, workdir / "direct.bin", True)
+    )
+    record(results, "upload appliance", lambda: curl_put(url, source, AUTH))
+    (workdir / "direct.bin").unlink()
+    blob = max(blob_root.rglob("*"), key=lambda p: p.stat().st_mtime if p.is_file() else 0)
+    check_same(source, blob)
+    record(results, "download appliance", lambda: curl_get(url, out, AUTH))
+    check_same(source, out)
+    record(results, "download direct (plain file copy)", lambda: copy_file(blob, out, False))
+    for zero_copy, label in ((False, "read+send"), (True, "sendfile")):
+        with raw_http_server(blob, zero_copy) as raw_url:
+            record(results, f"download raw http ({label})", partial(curl_get, raw_url, out))
+        check_same(source, out)
+    out.unlink()
+    return results
+
+
+def s3_round(
+    workdir: Path, source: Path, appliance_url: str, endpoint: str, access: str, secret: str
+) -> Results:
+    from datetime import timedelta
+
     from minio import Minio
 
     client = Minio(endpoint, access_key=access, secret_key=secret, secure=False)
     if not client.bucket_exists("direct"):
         client.make_bucket("direct")
+    out = source.parent / "out.bin"
+    url = appliance_url + OBJECT
+    put_url = client.presigned_put_object("direct", "curl.bin", expires=timedelta(hours=1))
+    get_url = client.presigned_get_object("direct", "curl.bin", expires=timedelta(hours=1))
+    results: Results = {}
 
-    def write() -> int:
-        client.put_object("direct", "blob.bin", _Reader(size), length=-1, part_size=8 * MIB)
-        return size
-
-    def read() -> int:
-        response = client.get_object("direct", "blob.bin")
+    def minio_get() -> None:
+        response = client.get_object("direct", "client.bin")
         try:
-            return sum(len(part) for part in response.stream(MIB))
+            with out.open("wb") as handle:
+                for part in response.stream(MIB):
+                    handle.write(part)
         finally:
             response.close()
             response.release_conn()
 
-    up, _ = timed(write)
-    down, moved = timed(read)
-    assert moved == size
-    return up, down
+    record(
+        results,
+        "upload direct (minio client)",
+        lambda: client.fput_object("direct", "client.bin", str(source), part_size=16 * MIB),
+    )
+    record(results, "upload direct (curl, presigned)", lambda: curl_put(put_url, source))
+    record(results, "upload appliance", lambda: curl_put(url, source, AUTH))
+    record(results, "download appliance", lambda: curl_get(url, out, AUTH))
+    check_same(source, out)
+    record(results, "download direct (minio client)", minio_get)
+    check_same(source, out)
+    record(results, "download direct (curl, presigned)", lambda: curl_get(get_url, out))
+    check_same(source, out)
+    out.unlink()
+    return results
 
 
-# --------------------------------------------------------------- appliance ---
-
-
-def through_appliance(data_dir: Path, env: dict[str, str], size: int) -> tuple[float, float, int]:
-    with (
-        run_appliance(data_dir, {**ENV, **env}) as proc,
-        httpx.Client(base_url=proc.url, timeout=120) as client,
-    ):
-        client.put(OBJECT, content=chunks(4 * MIB), headers=ROOT).raise_for_status()  # warm up
-        client.get(OBJECT, headers=ROOT).raise_for_status()
-        before = peak_rss(proc.process.pid)
-
-        def write() -> int:
-            response = client.put(OBJECT, content=chunks(size), headers=ROOT)
-            response.raise_for_status()
-            return int(response.json()["size"])
-
-        def read() -> int:
-            total = 0
-            with client.stream("GET", OBJECT, headers=ROOT) as response:
-                response.raise_for_status()
-                for part in response.iter_bytes(MIB):
-                    total += len(part)
-            return total
-
-        up, stored = timed(write)
-        down, moved = timed(read)
-        assert stored == moved == size
-        growth = peak_rss(proc.process.pid) - before
-    return up, down, growth
-
-
-def minio_server(workdir: Path) -> tuple[AbstractContextManager[object], str, str, str]:
+def minio_server(workdir: Path) -> tuple[AbstractContextManager[PeerProcess], str, str, str]:
     port, console = free_ports(2)
     access, secret = "bench-access", "bench-secret-key"
     env = {"MINIO_ROOT_USER": access, "MINIO_ROOT_PASSWORD": secret, "MINIO_UPDATE": "off"}
@@ -169,13 +278,72 @@ def minio_server(workdir: Path) -> tuple[AbstractContextManager[object], str, st
     return running("minio", argv, workdir, lambda: http_ok(ready), env), f"127.0.0.1:{port}", access, secret
 
 
-def report(name: str, size: int, direct: tuple[float, float], appliance: tuple[float, float, int]) -> None:
-    for label, base, ours in (("upload", direct[0], appliance[0]), ("download", direct[1], appliance[1])):
-        print(
-            f"{name:5} {label:8}  direct {mbps(size, base):8.1f} MB/s   appliance {mbps(size, ours):8.1f} MB/s"
-            f"   ratio {base / ours:5.2f}"
-        )
-    print(f"{name:5} appliance peak RSS growth: {appliance[2] / MIB:.1f} MiB")
+def report(backend: str, size: int, rounds: list[Results], growth: list[int]) -> None:
+    def mbps(seconds: float) -> float:
+        return size / MIB / seconds
+
+    names = [name for name in rounds[0] if " cpu" not in name]
+    print(f"\n{backend}: {size / MIB:.0f} MiB, {len(rounds)} round(s); MiB/s per round, then the median")
+    for name in names:
+        speeds = [mbps(r[name]) for r in rounds]
+        cells = "  ".join(f"{s:7.0f}" for s in speeds)
+        print(f"  {name:36} {cells}   median {statistics.median(speeds):7.0f}")
+    print("  ratios (appliance / direct): per round, the median of those, and best round / best round")
+    for direction in ("upload", "download"):
+        ours = [r[f"{direction} appliance"] for r in rounds]
+        for name in names:
+            if not name.startswith(direction) or name == f"{direction} appliance":
+                continue
+            ratios = [r[name] / r[f"{direction} appliance"] for r in rounds]
+            best = min(r[name] for r in rounds) / min(ours)
+            cells = "  ".join(f"{x:7.2f}" for x in ratios)
+            label = f"{direction} vs {name.removeprefix(direction).strip()}"
+            print(f"  {label:36} {cells}   median {statistics.median(ratios):7.2f}   best {best:5.2f}")
+    gib = size / 1024**3
+    print("  CPU seconds per GiB, all processes (curl, servers, this script), median; and direct / appliance")
+    for direction in ("upload", "download"):
+        appliance_cost = statistics.median(r[f"{direction} appliance cpu"] for r in rounds) / gib
+        for name in names:
+            if name.startswith(direction):
+                cost = statistics.median(r[f"{name} cpu"] for r in rounds) / gib
+                parts = {
+                    who: statistics.median(r[f"{name} cpu {who}"] for r in rounds) / gib
+                    for who in ("curl", "bench", *WATCHED_NAMES)
+                    if f"{name} cpu {who}" in rounds[0]
+                }
+                detail = ", ".join(f"{who} {spent:.2f}" for who, spent in parts.items() if spent >= 0.05)
+                print(f"  {name:36} {cost:6.2f}   {cost / appliance_cost:5.2f}   ({detail})")
+    print(f"  appliance peak RSS growth: {', '.join(f'{g / MIB:.1f}' for g in growth)} MiB (target < 100)")
+
+
+def bench(
+    backend: str,
+    workdir: Path,
+    source: Path,
+    rounds: int,
+    env: dict[str, str],
+    direct: Callable[..., Results],
+) -> None:
+    data_dir = workdir / f"{backend}-data"
+    results: list[Results] = []
+    growth: list[int] = []
+    with run_appliance(data_dir, {**ENV, **env}, timeout=60) as proc:
+        WATCHED["appliance"] = proc.process.pid
+        warm = workdir / "warm.bin"
+        make_source(warm, 8 * MIB)
+        curl_put(proc.url + OBJECT, warm, AUTH)
+        curl_get(proc.url + OBJECT, source.parent / "out.bin", AUTH)
+        warm.unlink()
+        for number in range(rounds):
+            print(f"{backend} round {number + 1}: {load()}", flush=True)
+            before = peak_rss(proc.process.pid)
+            if backend == "local":
+                results.append(direct(workdir, source, proc.url, data_dir / "blobs"))
+            else:
+                results.append(direct(workdir, source, proc.url))
+            growth.append(peak_rss(proc.process.pid) - before)
+    del WATCHED["appliance"]
+    report(backend, source.stat().st_size, results, growth)
 
 
 def main() -> None:
@@ -183,29 +351,52 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--size-mib", type=int, default=256, help="object size (default 256; the issue uses 1024)"
+        "--size-mib", type=int, default=256, help="object size (default 256; the issue: 1024)"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per backend (default 1)")
     parser.add_argument("--backend", choices=["local", "s3", "both"], default="both")
+    parser.add_argument(
+        "--memory-dir",
+        default="/dev/shm",
+        help="a tmpfs for the source file and the downloaded copies, so that disk writeback of the"
+        " downloads does not add noise (default /dev/shm; the system temp dir when it is missing)",
+    )
     args = parser.parse_args()
+    if shutil.which("curl") is None:
+        raise SystemExit("this benchmark drives every transfer with curl: install it (apt-get install curl)")
     size = args.size_mib * MIB
-    print(f"object size: {args.size_mib} MiB over loopback (the appliance also computes the MD5 ETag)")
-    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
+    print(f"object: {args.size_mib} MiB over loopback, client: curl {curl_version()}; {load()}")
+    memory = args.memory_dir if args.memory_dir and Path(args.memory_dir).is_dir() else None
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp,
+        tempfile.TemporaryDirectory(prefix="bench-storage-", dir=memory) as in_memory,
+    ):
         workdir = Path(tmp)
+        source = Path(in_memory) / "src.bin"
+        print(f"source and download targets in {in_memory}, uploads stored under {tmp}")
+        make_source(source, size)
         if args.backend in ("local", "both"):
-            direct = direct_file(workdir, size)
-            ours = through_appliance(workdir / "local-data", {}, size)
-            report("local", size, direct, ours)
+            bench("local", workdir, source, args.rounds, {}, local_round)
         if args.backend in ("s3", "both"):
             server, endpoint, access, secret = minio_server(workdir)
-            with server:
-                direct = direct_minio(endpoint, access, secret, size)
+            with server as minio:
+                WATCHED["minio"] = minio.proc.pid
                 env = {
                     "APPLIANCE_S3_ENDPOINT": endpoint,
                     "APPLIANCE_S3_ACCESS_KEY": access,
                     "APPLIANCE_S3_SECRET_KEY": secret,
                 }
-                ours = through_appliance(workdir / "s3-data", env, size)
-                report("s3", size, direct, ours)
+
+                def direct(workdir: Path, source: Path, url: str) -> Results:
+                    return s3_round(workdir, source, url, endpoint, access, secret)
+
+                bench("s3", workdir, source, args.rounds, env, direct)
+    print(f"\nend: {load()}")
+
+
+def curl_version() -> str:
+    first = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=True).stdout
+    return first.split()[1]
 
 
 if __name__ == "__main__":

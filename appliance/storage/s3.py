@@ -5,7 +5,10 @@ every object name is ``<tenant>/<name>``, built in one place (:meth:`S3BlobStore
 validated tenant id, so one tenant's calls cannot address another's objects.
 
 Uploads of unknown length go up as multipart uploads in 8 MiB parts, two in flight while the next
-is read, so memory stays around a few parts; a failed or oversized upload is aborted, leaving no
+is read (the ETag's MD5 is computed in a thread of its own), so memory stays around a few parts;
+downloads are one streamed GET, passed on in ~1 MiB pieces (concurrent ranged GETs were measured
+too: against a MinIO on the same machine they cost more CPU per GiB, MinIO's and ours, than they
+save in waiting, so they were slower); a failed or oversized upload is aborted, leaving no
 object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
 after 24 hours; on AWS add an ``AbortIncompleteMultipartUpload`` lifecycle rule).
 """
@@ -17,8 +20,9 @@ import contextlib
 import hashlib
 import io
 import re
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import aiohttp
 from miniopy_async.api import Minio
@@ -115,9 +119,9 @@ class S3BlobStore:
     async def put(self, tenant: str, name: str, chunks: AsyncIterable[bytes]) -> BlobInfo:
         key = self._object(tenant, name)
         await self._ensure_bucket()
-        digest = hashlib.md5(usedforsecurity=False)
+        hasher = _Hasher()
         size = 0
-        parts = _parts(chunks, digest)
+        parts = _parts(chunks, hasher)
         try:
             first = await anext(parts, b"")
             second = await anext(parts, None)
@@ -126,11 +130,13 @@ class S3BlobStore:
                 await self._client.put_object(self.bucket, key, io.BytesIO(first), size)
             else:
                 size = await self._multipart(key, first, second, parts)
+            etag = await hasher.hexdigest()
         except (MinioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         finally:
             await parts.aclose()
-        return BlobInfo(size=size, etag=digest.hexdigest())
+            hasher.close()
+        return BlobInfo(size=size, etag=etag)
 
     async def _multipart(self, key: str, first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> int:
         # The client's own multipart steps (what its put_object uses), so that parts can upload
@@ -164,7 +170,7 @@ class S3BlobStore:
         return size
 
     async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
-        etag = await self._client._upload_part(self.bucket, key, io.BytesIO(data), None, upload_id, number)
+        etag = await self._client._upload_part(self.bucket, key, _Part(data), None, upload_id, number)
         return Part(number, etag)
 
     async def get(
@@ -260,19 +266,65 @@ class S3BlobStore:
         )
 
 
-async def _parts(chunks: AsyncIterable[bytes], digest: Any) -> AsyncGenerator[bytes, None]:
+class _Part(io.BytesIO):
+    """A part's bytes as a ``BytesIO`` (what the client wants) without the copy of them it would make.
+
+    A ``BytesIO`` shares the ``bytes`` it starts from until ``getbuffer()``, which copies them; the
+    client and aiohttp call ``getbuffer()`` only to measure the size, so a read-only view of the
+    ``bytes`` serves them just as well.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
+
+
+class _Hasher:
+    """The upload's MD5, computed part by part, in order, in a thread of its own (off the event loop).
+
+    One ``update`` per part (the thread takes the GIL back once per 8 MiB, not once per chunk), and
+    at most ``_IN_FLIGHT`` parts waiting to be hashed, so a starved hashing thread cannot make the
+    upload hold more parts in memory.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.md5(usedforsecurity=False)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
+        self._queued: deque[Future[None]] = deque()
+
+    async def add(self, part: bytes) -> None:
+        while len(self._queued) >= _IN_FLIGHT:
+            await asyncio.wrap_future(self._queued.popleft())
+        self._queued.append(self._thread.submit(self._digest.update, part))
+
+    async def hexdigest(self) -> str:
+        while self._queued:
+            await asyncio.wrap_future(self._queued.popleft())
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+async def _parts(chunks: AsyncIterable[bytes], hasher: _Hasher) -> AsyncGenerator[bytes, None]:
     """Regroup ``chunks`` into parts of at least ``PART_SIZE`` (the last may be shorter), hashing them."""
     pending: list[bytes] = []
     held = 0
     async for chunk in chunks:
-        digest.update(chunk)
         pending.append(chunk)
         held += len(chunk)
         if held >= PART_SIZE:
-            yield b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+            part = b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+            await hasher.add(part)
+            yield part
             pending, held = [], 0
     if pending:
-        yield b"".join(pending)
+        part = b"".join(pending)
+        await hasher.add(part)
+        yield part
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -281,9 +333,22 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The response's bytes, in pieces of about ``_READ_CHUNK``.
+
+    The pieces aiohttp receives (tens to hundreds of KiB) are joined into larger ones: one copy here
+    saves the client many small reads (sending each piece as it came cost curl twice the CPU).
+    """
+    pending: list[bytes] = []
+    held = 0
     try:
-        async for chunk in response.content.iter_chunked(_READ_CHUNK):
-            yield chunk
+        async for chunk, _ in response.content.iter_chunks():
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= _READ_CHUNK:
+                yield b"".join(pending)
+                pending, held = [], 0
+        if held:
+            yield b"".join(pending)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise StorageUnavailable(f"object storage connection broke mid-download: {exc}") from exc
     finally:

@@ -77,6 +77,16 @@ async def test_unknown_length_stream_larger_than_a_part(store: BlobStore) -> Non
     assert await read(store, "acme", "big/blob", PART_SIZE - 5, 10) == data[PART_SIZE - 5 : PART_SIZE + 5]
 
 
+async def test_a_reader_that_stops_early(store: BlobStore) -> None:
+    # A client that goes away mid-download: the stream closes cleanly and the blob reads fine after.
+    data = os.urandom(2 * PART_SIZE + 777)
+    await store.put("acme", "big/early", chunks_of(data, 1_000_003))
+    stream = await store.get("acme", "big/early")
+    assert data.startswith(await anext(stream))
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert await read(store, "acme", "big/early", 5, PART_SIZE) == data[5 : PART_SIZE + 5]
+
+
 @pytest.mark.parametrize(("offset", "length"), [(0, 1), (3, 4), (9, None), (0, 10), (5, 0)])
 async def test_ranges(store: BlobStore, offset: int, length: int | None) -> None:
     data = b"0123456789"
