@@ -28,7 +28,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from appliance.search import (
     Task,
     TaskKind,
 )
-from appliance.search.filters import sql_value, to_sql
+from appliance.search.filters import SqlField, fields_of, sql_value, to_sql
 
 __all__ = ["SqliteFtsEngine", "match_expression"]
 
@@ -95,10 +95,18 @@ _MIGRATIONS = [
         CREATE INDEX tasks_queued ON tasks (status, seq);
         CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
         """,
-    )
+    ),
+    Migration(
+        "search",
+        2,
+        "typed filter columns: indexes remember their table layout, older ones are rebuilt at start",
+        "ALTER TABLE indexes ADD COLUMN layout INTEGER NOT NULL DEFAULT 1;",
+    ),
 ]
+LAYOUT = 2  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes
 
-_DOCS_DECODER = msgspec.json.Decoder(list[dict[str, Any]])
+_RAW_DOCS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
+_MISSING: Any = msgspec.UNSET
 _DEF_DECODER = msgspec.json.Decoder(IndexDefinition)
 _IDS_DECODER = msgspec.json.Decoder(list[str])
 
@@ -147,19 +155,24 @@ def _text(value: Any) -> str:
     return ""
 
 
-def _values(value: Any) -> Iterable[Any]:
-    """The filterable values of a field: scalars, or each scalar of a list; nulls and objects have none."""
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, str | int | float) and item is not None:
-                yield sql_value(item)
-    elif isinstance(value, str | int | float):
-        yield sql_value(value)
-
-
 def _sort_value(value: Any) -> Any:
     if isinstance(value, list):
         value = next((v for v in value if isinstance(v, str | int | float)), None)
+    return sql_value(value) if isinstance(value, str | int | float) else None
+
+
+_INT64 = (-(2**63), 2**63)
+
+
+def _scalar(value: Any) -> Any:
+    """A filterable scalar as stored: see :func:`appliance.search.filters.sql_value`."""
+    kind = type(value)
+    if kind is str or kind is float:
+        return value
+    if kind is int:
+        return value if _INT64[0] <= value < _INT64[1] else float(value)
+    if kind is bool:
+        return "true" if value else "false"
     return sql_value(value) if isinstance(value, str | int | float) else None
 
 
@@ -178,14 +191,16 @@ class _Generation:
         self.docs = f"ix{number}_docs"
         self.fts = f"ix{number}_fts"
         self.attrs = f"ix{number}_attrs"
+        self.fields = {f: SqlField(f"f{i}", i) for i, f in enumerate(definition.filterable)}
         sort_cols = [f"s{i}" for i in range(len(definition.sortable))]
         self.sort_column = dict(zip(definition.sortable, sort_cols, strict=True))
         self.exact_columns = [f"x{i}" for i in range(len(definition.searchable))]
-        extra_cols = [*sort_cols, *self.exact_columns]
+        filter_cols = [f.column for f in self.fields.values()]
+        self.columns = [*filter_cols, *sort_cols, *self.exact_columns]
         fts_cols = [f"c{i}" for i in range(len(definition.searchable))]
         self.insert_doc = (
-            f"INSERT INTO {self.docs} (rowid, doc_id, body{''.join(', ' + c for c in extra_cols)})"
-            f" VALUES (?, ?, ?{', ?' * len(extra_cols)})"
+            f"INSERT INTO {self.docs} (rowid, doc_id{''.join(', ' + c for c in self.columns)}, body)"
+            f" VALUES (?, ?{', ?' * len(self.columns)}, ?)"
         )
         self.insert_fts = (
             f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)}) VALUES (?{', ?' * len(fts_cols)})"
@@ -193,18 +208,33 @@ class _Generation:
         self.insert_attr = f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc) VALUES (?, ?, ?)"
         weights = ", ".join(repr(w) for w in _weights(len(definition.searchable)))
         self.bm25 = f"bm25({self.fts}, {weights})"
+        # Documents are decoded straight into a struct of the fields the index reads (the rest of
+        # the JSON is skipped, not built): position 0 is the primary key, then each distinct field.
+        names = list(dict.fromkeys([definition.primary_key, *definition.searchable,
+                                    *definition.filterable, *definition.sortable]))  # fmt: skip
+        position = {name: i for i, name in enumerate(names)}
+        struct = msgspec.defstruct(
+            "IndexedFields",
+            [(f"v{i}", Any, _MISSING if i == 0 else None) for i in range(len(names))],
+            rename={f"v{i}": name for i, name in enumerate(names)},
+        )
+        self.decoder = msgspec.json.Decoder(struct)
+        self._text_at = [position[f] for f in definition.searchable]
+        self._filter_at = [(position[f], self.fields[f].number) for f in definition.filterable]
+        self._sort_at = [position[f] for f in definition.sortable]
 
     def ddl(self) -> list[str]:
         # No FTS5 prefix indexes: measured on the benchmark corpus they slow indexing by about 1.5x
         # and do not speed up a ranked top-20 prefix query (ranking the matches dominates).
-        sort_cols = "".join(f", {c}" for c in [*self.sort_column.values(), *self.exact_columns])
+        columns = "".join(f", {c}" for c in self.columns)
         fts_cols = ", ".join(f"c{i}" for i in range(len(self.definition.searchable)))
         statements = [
-            f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE,"
-            f" body BLOB NOT NULL{sort_cols})",
+            # body last: a scan that tests the typed columns decodes only the start of each record
+            f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE{columns},"
+            " body BLOB NOT NULL)",
             f"CREATE VIRTUAL TABLE {self.fts} USING fts5({fts_cols},"
             " tokenize = 'unicode61 remove_diacritics 2')",
-            f"CREATE TABLE {self.attrs} (field TEXT NOT NULL, value, doc INTEGER NOT NULL,"
+            f"CREATE TABLE {self.attrs} (field INTEGER NOT NULL, value, doc INTEGER NOT NULL,"
             " PRIMARY KEY (field, value, doc)) WITHOUT ROWID",
             f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc, field, value)",
         ]
@@ -216,26 +246,45 @@ class _Generation:
     def drop(self) -> list[str]:
         return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.docs)]
 
-    def rows(
-        self, rowid: int, doc_id: str, body: bytes, doc: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]]:
-        """The docs, FTS and attribute rows of one document."""
-        sorts = tuple(_sort_value(doc.get(f)) for f in self.definition.sortable)
-        texts = tuple(_text(doc.get(f)) for f in self.definition.searchable)
-        exact = tuple(exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts)
-        attrs = [(f, v, rowid) for f in self.definition.filterable for v in _values(doc.get(f))]
-        return (rowid, doc_id, body, *sorts, *exact), (rowid, *texts), attrs
+    def decode(self, body: bytes | msgspec.Raw) -> tuple[str, Any]:
+        """(document id, the indexed fields) of one stored or queued document."""
+        doc: Any = self.decoder.decode(body)
+        pk = doc.v0
+        if pk is _MISSING:  # queued before the primary key changed
+            raise ValueError(f"a document has no {self.definition.primary_key!r}, the index's primary key")
+        return (pk if type(pk) is str else str(pk)), doc
 
-    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, bytes, dict[str, Any]]]) -> None:
+    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, Any, Any]]) -> None:
+        """Insert (rowid, doc id, JSON body, decoded fields) rows: documents, FTS and list values.
+
+        A filterable scalar goes into the field's typed column; each value of a list goes into the
+        attributes table (the column stays NULL), so most documents need no attribute rows at all.
+        """
         doc_rows, fts_rows, attr_rows = [], [], []
+        text_at, filter_at, sort_at = self._text_at, self._filter_at, self._sort_at
+        astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
-            d, f, a = self.rows(rowid, doc_id, body, doc)
-            doc_rows.append(d)
-            fts_rows.append(f)
-            attr_rows.extend(a)
+            values = astuple(doc)
+            texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]
+            row: list[Any] = [rowid, doc_id]
+            for at, number in filter_at:
+                value = values[at]
+                if type(value) is list:
+                    row.append(None)
+                    attr_rows += [
+                        (number, _scalar(v), rowid) for v in value if isinstance(v, str | int | float)
+                    ]
+                else:
+                    row.append(_scalar(value))
+            row += [_sort_value(values[i]) for i in sort_at]
+            row += [exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts]
+            row.append(body)
+            doc_rows.append(row)
+            fts_rows.append((rowid, *texts))
         await tx.executemany(self.insert_doc, doc_rows)
         await tx.executemany(self.insert_fts, fts_rows)
-        await tx.executemany(self.insert_attr, attr_rows)
+        if attr_rows:
+            await tx.executemany(self.insert_attr, attr_rows)
 
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
         for start in range(0, len(rowids), 500):
@@ -267,6 +316,7 @@ class SqliteFtsEngine:
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate(_MIGRATIONS)
+        await self._upgrade_layouts()
         # A batch is applied and marked done in one transaction: after a crash its tasks are still
         # "enqueued", and the worker picks them up again here.
         if self._run_worker:
@@ -325,20 +375,43 @@ class SqliteFtsEngine:
             new = await self._create_generation(tx, definition)
             if row is None:
                 await tx.execute(
-                    "INSERT INTO indexes (tenant_id, name, generation, definition, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (tenant, name, new.number, msgspec.json.encode(definition), now, now),
+                    "INSERT INTO indexes (tenant_id, name, generation, definition, created_at, updated_at, layout)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tenant, name, new.number, msgspec.json.encode(definition), now, now, LAYOUT),
                 )
                 return _info(name, definition, now, now), True
-            old = _Generation(row["generation"], _DEF_DECODER.decode(row["definition"]))
-            await _copy(tx, old, new)
-            for statement in old.drop():
-                await tx.execute(statement)
+            await self._replace_generation(tx, tenant, name, row["generation"], new)
             await tx.execute(
-                "UPDATE indexes SET generation = ?, definition = ?, updated_at = ? WHERE tenant_id = ? AND name = ?",
-                (new.number, msgspec.json.encode(definition), now, tenant, name),
+                "UPDATE indexes SET updated_at = ? WHERE tenant_id = ? AND name = ?", (now, tenant, name)
             )
             return _info(name, definition, row["created_at"], now), False
+
+    async def _replace_generation(
+        self, tx: Tx, tenant: str, name: str, number: int, new: _Generation
+    ) -> None:
+        """Fill ``new`` from generation ``number`` of the index, drop that one, point the index at ``new``."""
+        old = _Generation(number, new.definition)  # only its table names and stored bodies are read
+        await _copy(tx, old, new)
+        for statement in old.drop():
+            await tx.execute(statement)
+        await tx.execute(
+            "UPDATE indexes SET generation = ?, definition = ?, layout = ? WHERE tenant_id = ? AND name = ?",
+            (new.number, msgspec.json.encode(new.definition), LAYOUT, tenant, name),
+        )
+
+    async def _upgrade_layouts(self) -> None:
+        """Rebuild the indexes an older version laid out differently, from their stored documents."""
+        while True:
+            async with self.db.transaction() as tx:
+                row = await tx.fetchone(
+                    "SELECT tenant_id, name, generation, definition FROM indexes WHERE layout < ? LIMIT 1",
+                    (LAYOUT,),
+                )
+                if row is None:
+                    return
+                new = await self._create_generation(tx, _DEF_DECODER.decode(row["definition"]))
+                await self._replace_generation(tx, row["tenant_id"], row["name"], row["generation"], new)
+            log.info("search: rebuilt index %s/%s in the current table layout", row["tenant_id"], row["name"])
 
     async def _create_generation(self, tx: Tx, definition: IndexDefinition) -> _Generation:
         await tx.execute("INSERT INTO generations (created_at) VALUES (?)", (time.time(),))
@@ -544,8 +617,11 @@ class SqliteFtsEngine:
             except _Reindexed:
                 raise ServiceUnavailable("the index was re-indexed during the search: retry") from None
         facets: dict[str, dict[str, int]] = {f: {} for f in query.facets}
-        for facet in facet_rows:
-            facets[facet["field"]][_facet_key(facet["value"])] = facet["n"]
+        names = plan.g.definition.filterable
+        for number, value, n in facet_rows:
+            counts = facets[names[number]]
+            key = _facet_key(value)
+            counts[key] = counts.get(key, 0) + n
         return SearchResult(
             hits=[plan.hit(h) for h in hits],
             total=int(total[0]["n"]),
@@ -557,9 +633,10 @@ class SqliteFtsEngine:
         found = await self._lookup(tenant, name)
         if found is None:
             raise NotFound(f"index {name!r} does not exist")
-        plan = _Plan(_Generation(found[0], found[1].definition), query)
-        if any(key.field not in plan.g.sort_column for key in query.sort):
+        generation = _Generation(found[0], found[1].definition)
+        if not _covers(generation, query):
             raise _Reindexed
+        plan = _Plan(generation, query)
         # Hits, exact count and facets are independent reads: run them side by side on the readers.
         statements = [plan.hits(), plan.count(), *([plan.facets()] if query.facets else [])]
         results = await asyncio.gather(*(self._read(*s) for s in statements))
@@ -590,6 +667,14 @@ class SqliteFtsEngine:
             raise
 
 
+def _covers(generation: _Generation, query: SearchQuery) -> bool:
+    """Whether the generation declares every field the (validated, maybe against newer settings) query uses."""
+    filtered = fields_of(query.filter) if query.filter is not None else ()
+    return all(f in generation.fields for f in (*query.facets, *filtered)) and all(
+        key.field in generation.sort_column for key in query.sort
+    )
+
+
 class _Reindexed(Exception):
     """The generation a search planned against was replaced by a settings change."""
 
@@ -610,7 +695,7 @@ class _Plan:
         filter_sql = ""
         if query.filter:
             filter_sql = to_sql(
-                query.filter, "d.rowid", generation.attrs, params, correlated=bool(self.match)
+                query.filter, "d", generation.fields, generation.attrs, params, correlated=bool(self.match)
             )
         self.filter_sql, self.filter_params = filter_sql, params
 
@@ -669,20 +754,33 @@ class _Plan:
         return f"SELECT count(*) AS n {source}", params
 
     def facets(self) -> tuple[str, list[Any]]:
+        """Value counts per facet field: its typed column where it holds a scalar, plus the
+        attribute rows of the documents where it holds a list (the column is NULL there)."""
         g = self.g
-        fields = list(self.query.facets)
-        marks = ", ".join("?" for _ in fields)
+        wanted = [(g.fields[f], i) for i, f in enumerate(self.query.facets)]
+        parts: list[str] = []
         if not (self.match or self.filter_sql):
-            sql = f"SELECT field, value, count(*) AS n FROM {g.attrs} WHERE field IN ({marks}) GROUP BY field, value"
-            return sql, fields
-        # Walk the matching documents and probe their values (CROSS JOIN fixes that order), rather
-        # than scan every value of the field and test each for membership.
+            for field, _ in wanted:
+                parts += [
+                    f"SELECT {field.number:d} AS field, {field.column} AS value, count(*) AS n FROM {g.docs}"
+                    f" WHERE {field.column} IS NOT NULL GROUP BY {field.column}",
+                    f"SELECT {field.number:d}, value, count(*) FROM {g.attrs} WHERE field = {field.number:d}"
+                    " GROUP BY value",
+                ]
+            return " UNION ALL ".join(parts), []
+        # The matching documents are found once; the list values are probed by document (CROSS JOIN
+        # fixes that order) rather than by scanning every value of the field.
         source, params = self._from()
-        sql = (
-            f"SELECT a.field AS field, a.value AS value, count(*) AS n FROM (SELECT d.rowid AS doc {source}) m"
-            f" CROSS JOIN {g.attrs} a ON a.doc = m.doc AND a.field IN ({marks}) GROUP BY a.field, a.value"
-        )
-        return sql, [*params, *fields]
+        picked = "".join(f", d.{field.column} AS v{i}" for field, i in wanted)
+        for field, i in wanted:
+            parts += [
+                f"SELECT {field.number:d} AS field, v{i} AS value, count(*) AS n FROM m WHERE v{i} IS NOT NULL"
+                f" GROUP BY v{i}",
+                f"SELECT {field.number:d}, a.value, count(*) FROM m CROSS JOIN {g.attrs} a"
+                f" ON a.doc = m.doc AND a.field = {field.number:d} WHERE m.v{i} IS NULL GROUP BY a.value",
+            ]
+        sql = f"WITH m AS MATERIALIZED (SELECT d.rowid AS doc{picked} {source}) {' UNION ALL '.join(parts)}"
+        return sql, params
 
     def hit(self, row: Row) -> dict[str, Any]:
         hit: dict[str, Any] = msgspec.json.decode(row["body"])
@@ -708,22 +806,22 @@ async def _current_generation(tx: Tx, tenant: str, index: str) -> _Generation | 
 
 
 async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) -> None:
-    """Apply upserts and deletes in queue order; within the batch the last write of an id wins."""
-    latest: dict[str, dict[str, Any] | None] = {}
-    pk = generation.definition.primary_key
+    """Apply upserts and deletes in queue order; within the batch the last write of an id wins.
+
+    A queued payload is the JSON array as received: each document is stored as its own bytes (no
+    re-encoding) and decoded only into the fields the index reads.
+    """
+    latest: dict[str, tuple[msgspec.Raw, Any] | None] = {}
     for task in tasks:
-        doc: dict[str, Any] | None
         if task["kind"] == "documents.delete":
             for doc_id in _IDS_DECODER.decode(task["payload"]):
                 latest.pop(doc_id, None)
                 latest[doc_id] = None
         else:
-            for doc in _DOCS_DECODER.decode(task["payload"]):
-                if pk not in doc:  # queued before the primary key changed
-                    raise ValueError(f"a document has no {pk!r}, the index's primary key")
-                doc_id = str(doc[pk])
+            for raw in _RAW_DOCS_DECODER.decode(task["payload"]):
+                doc_id, doc = generation.decode(raw)
                 latest.pop(doc_id, None)  # re-inserting keeps the dict in last-write order
-                latest[doc_id] = doc
+                latest[doc_id] = (raw, doc)
     ids = list(latest)
     existing: dict[str, int] = {}
     for start in range(0, len(ids), 500):
@@ -733,19 +831,20 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
             f"SELECT rowid, doc_id FROM {generation.docs} WHERE doc_id IN ({marks})", chunk
         ):
             existing[row["doc_id"]] = row["rowid"]
-    await generation.remove(tx, list(existing.values()))
+    if existing:
+        await generation.remove(tx, list(existing.values()))
     next_row = await tx.fetchone(f"SELECT coalesce(max(rowid), 0) AS n FROM {generation.docs}")
     assert next_row is not None
     fresh = int(next_row["n"])
     rows = []
-    for doc_id, doc in latest.items():
-        if doc is None:
+    for doc_id, found in latest.items():
+        if found is None:
             continue
         rowid = existing.get(doc_id)
         if rowid is None:
             fresh += 1
             rowid = fresh
-        rows.append((rowid, doc_id, msgspec.json.encode(doc), doc))
+        rows.append((rowid, doc_id, bytes(found[0]), found[1]))
     await generation.write(tx, rows)
 
 
@@ -759,7 +858,7 @@ async def _copy(tx: Tx, old: _Generation, new: _Generation) -> None:
         if not rows:
             return
         await new.write(
-            tx, [(r["rowid"], r["doc_id"], r["body"], msgspec.json.decode(r["body"])) for r in rows]
+            tx, [(r["rowid"], r["doc_id"], r["body"], new.decoder.decode(r["body"])) for r in rows]
         )
         last = rows[-1]["rowid"]
 
