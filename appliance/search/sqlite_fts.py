@@ -483,6 +483,10 @@ class SqliteFtsEngine:
             tenant, index.name, "documents.upsert", len(documents), msgspec.json.encode(documents)
         )
 
+    async def upsert_json(self, tenant: str, index: IndexInfo, payload: bytes, count: int) -> Task:
+        """Queue the JSON array as received: the worker stores each document's own bytes."""
+        return await self._enqueue(tenant, index.name, "documents.upsert", count, payload)
+
     async def delete_document(self, tenant: str, index: IndexInfo, doc_id: str) -> Task:
         return await self._enqueue(tenant, index.name, "documents.delete", 1, msgspec.json.encode([doc_id]))
 
