@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -210,8 +211,13 @@ class _Generation:
         self.insert_attr = f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc) VALUES (?, ?, ?)"
         weights = ", ".join(repr(w) for w in _weights(len(definition.searchable)))
         self.bm25 = f"bm25({self.fts}, {weights})"
-        # Documents are decoded straight into a struct of the fields the index reads (the rest of
-        # the JSON is skipped, not built): position 0 is the primary key, then each distinct field.
+
+    @functools.cached_property
+    def _reading(self) -> tuple[msgspec.json.Decoder[Any], list[int], list[tuple[int, int]], list[int]]:
+        """A decoder of a document straight into a struct of the fields the index reads (the rest of
+        the JSON is skipped, not built; ``v0`` is the primary key, then each distinct field once), and
+        the positions in it of the searchable, the (filterable, field number) and the sortable fields."""
+        definition = self.definition
         names = list(dict.fromkeys([definition.primary_key, *definition.searchable,
                                     *definition.filterable, *definition.sortable]))  # fmt: skip
         position = {name: i for i, name in enumerate(names)}
@@ -220,10 +226,16 @@ class _Generation:
             [(f"v{i}", Any, _MISSING if i == 0 else None) for i in range(len(names))],
             rename={f"v{i}": name for i, name in enumerate(names)},
         )
-        self.decoder = msgspec.json.Decoder(struct)
-        self._text_at = [position[f] for f in definition.searchable]
-        self._filter_at = [(position[f], self.fields[f].number) for f in definition.filterable]
-        self._sort_at = [position[f] for f in definition.sortable]
+        return (
+            msgspec.json.Decoder(struct),
+            [position[f] for f in definition.searchable],
+            [(position[f], self.fields[f].number) for f in definition.filterable],
+            [position[f] for f in definition.sortable],
+        )
+
+    @property
+    def decoder(self) -> msgspec.json.Decoder[Any]:
+        return self._reading[0]
 
     def ddl(self) -> list[str]:
         # No FTS5 prefix indexes: measured on the benchmark corpus they slow indexing by about 1.5x
@@ -263,7 +275,7 @@ class _Generation:
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
         """
         doc_rows, fts_rows, attr_rows = [], [], []
-        text_at, filter_at, sort_at = self._text_at, self._filter_at, self._sort_at
+        _, text_at, filter_at, sort_at = self._reading
         astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
             values = astuple(doc)
@@ -311,7 +323,7 @@ class SqliteFtsEngine:
         self._run_worker = worker
         # (tenant, index) -> (expires, generation, index): spares searches a registry read. An entry
         # made stale by another process is harmless: its tables are gone, the search looks again.
-        self._registry: dict[tuple[str, str], tuple[float, int, IndexInfo]] = {}
+        self._registry: dict[tuple[str, str], tuple[float, _Generation, IndexInfo]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._worker: asyncio.Task[None] | None = None
@@ -450,7 +462,7 @@ class SqliteFtsEngine:
             if found is None:
                 return None
             try:
-                rows = await self._read(f"SELECT count(*) AS n FROM ix{found[0]}_docs", ())
+                rows = await self._read(f"SELECT count(*) AS n FROM {found[0].docs}", ())
             except _Reindexed:
                 continue
             return msgspec.structs.replace(found[1], documents=int(rows[0]["n"]))
@@ -655,7 +667,7 @@ class SqliteFtsEngine:
         found = await self._lookup(tenant, name)
         if found is None:
             raise NotFound(f"index {name!r} does not exist")
-        generation = _Generation(found[0], found[1].definition)
+        generation = found[0]
         if not _covers(generation, query):
             raise _Reindexed
         plan = _Plan(generation, query)
@@ -666,7 +678,7 @@ class SqliteFtsEngine:
             results = list(await asyncio.gather(*(self._read(*s) for s in statements)))
         return plan, (results[0], results[1], results[2] if query.facets else [])
 
-    async def _lookup(self, tenant: str, name: str) -> tuple[int, IndexInfo] | None:
+    async def _lookup(self, tenant: str, name: str) -> tuple[_Generation, IndexInfo] | None:
         """(generation, index) from a cache that lives a couple of seconds, else the registry."""
         cached = self._registry.get((tenant, name))
         if cached is not None and cached[0] > time.monotonic():
@@ -676,8 +688,9 @@ class SqliteFtsEngine:
             self._forget(tenant, name)
             return None
         info = _row_info(row)
-        self._registry[(tenant, name)] = (time.monotonic() + _REGISTRY_TTL_S, int(row["generation"]), info)
-        return int(row["generation"]), info
+        generation = _Generation(int(row["generation"]), info.definition)
+        self._registry[(tenant, name)] = (time.monotonic() + _REGISTRY_TTL_S, generation, info)
+        return generation, info
 
     def _forget(self, tenant: str, name: str) -> None:
         self._registry.pop((tenant, name), None)
