@@ -194,6 +194,7 @@ class _Generation:
         self.docs = f"ix{number}_docs"
         self.fts = f"ix{number}_fts"
         self.attrs = f"ix{number}_attrs"
+        self.kinds = f"ix{number}_kinds"
         self.fields = {f: SqlField(f"f{i}", i) for i, f in enumerate(definition.filterable)}
         sort_cols = [f"s{i}" for i in range(len(definition.sortable))]
         self.sort_column = dict(zip(definition.sortable, sort_cols, strict=True))
@@ -251,6 +252,10 @@ class _Generation:
             f"CREATE TABLE {self.attrs} (field INTEGER NOT NULL, value, doc INTEGER NOT NULL,"
             " PRIMARY KEY (field, value, doc)) WITHOUT ROWID",
             f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc, field, value)",
+            # Per filterable field: whether any document ever gave it a scalar, or a list with values.
+            # Only ever set, never cleared: a facet query reads just the places a field's values are.
+            f"CREATE TABLE {self.kinds} (field INTEGER PRIMARY KEY, scalars INTEGER NOT NULL,"
+            " lists INTEGER NOT NULL)",
         ]
         statements += [
             f"CREATE INDEX {self.docs}_{c} ON {self.docs} ({c})" for c in self.sort_column.values()
@@ -258,7 +263,7 @@ class _Generation:
         return statements
 
     def drop(self) -> list[str]:
-        return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.docs)]
+        return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.kinds, self.docs)]
 
     def decode(self, body: bytes | msgspec.Raw) -> tuple[str, Any]:
         """(document id, the indexed fields) of one stored or queued document."""
@@ -276,6 +281,8 @@ class _Generation:
         """
         doc_rows, fts_rows, attr_rows = [], [], []
         _, text_at, filter_at, sort_at = self._reading
+        scalars: set[int] = set()
+        lists: set[int] = set()
         astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
             values = astuple(doc)
@@ -285,11 +292,15 @@ class _Generation:
                 value = values[at]
                 if type(value) is list:
                     row.append(None)
-                    attr_rows += [
-                        (number, _scalar(v), rowid) for v in value if isinstance(v, str | int | float)
-                    ]
+                    listed = [(number, _scalar(v), rowid) for v in value if isinstance(v, str | int | float)]
+                    if listed:
+                        attr_rows += listed
+                        lists.add(number)
                 else:
-                    row.append(_scalar(value))
+                    value = _scalar(value)
+                    row.append(value)
+                    if value is not None:
+                        scalars.add(number)
             row += [_sort_value(values[i]) for i in sort_at]
             row += [exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts]
             row.append(body)
@@ -299,6 +310,12 @@ class _Generation:
         await tx.executemany(self.insert_fts, fts_rows)
         if attr_rows:
             await tx.executemany(self.insert_attr, attr_rows)
+        if scalars or lists:
+            await tx.executemany(
+                f"INSERT INTO {self.kinds} (field, scalars, lists) VALUES (?, ?, ?) ON CONFLICT (field)"
+                " DO UPDATE SET scalars = max(scalars, excluded.scalars), lists = max(lists, excluded.lists)",
+                [(n, int(n in scalars), int(n in lists)) for n in sorted(scalars | lists)],
+            )
 
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
         for start in range(0, len(rowids), 500):
@@ -671,12 +688,13 @@ class SqliteFtsEngine:
         if not _covers(generation, query):
             raise _Reindexed
         plan = _Plan(generation, query)
-        # Hits, exact count and facets are independent reads: run them side by side on the readers.
-        statements = [plan.hits(), plan.count(), *([plan.facets()] if query.facets else [])]
-        results = self._read_inline(statements)
+        results = self._read_inline(plan)
         if results is None:
+            # Hits, exact count and facets are independent reads: run them side by side on the readers.
+            kinds = await self._read(*plan.kinds()) if query.facets else []
+            statements = plan.statements(kinds)
             results = list(await asyncio.gather(*(self._read(*s) for s in statements)))
-        return plan, (results[0], results[1], results[2] if query.facets else [])
+        return plan, (results[0], results[1], results[2] if len(results) > 2 else [])
 
     async def _lookup(self, tenant: str, name: str) -> tuple[_Generation, IndexInfo] | None:
         """(generation, index) from a cache that lives a couple of seconds, else the registry."""
@@ -695,7 +713,7 @@ class SqliteFtsEngine:
     def _forget(self, tenant: str, name: str) -> None:
         self._registry.pop((tenant, name), None)
 
-    def _read_inline(self, statements: list[tuple[str, list[Any]]]) -> list[list[Row]] | None:
+    def _read_inline(self, plan: _Plan) -> list[list[Row]] | None:
         """Run a search's statements on the event-loop thread, in one read transaction, if they finish
         within ``inline_budget`` seconds; ``None`` when they do not (the caller then uses the reader threads).
 
@@ -708,7 +726,8 @@ class SqliteFtsEngine:
         self._inline_deadline = time.perf_counter() + self.inline_budget
         try:
             conn.execute("BEGIN")
-            results = [conn.execute(sql, params).fetchall() for sql, params in statements]
+            kinds = conn.execute(*plan.kinds()).fetchall() if plan.query.facets else []
+            results = [conn.execute(sql, params).fetchall() for sql, params in plan.statements(kinds)]
             conn.execute("COMMIT")
             return results
         except sqlite3.Error as exc:
@@ -821,32 +840,70 @@ class _Plan:
         source, params = self._from()
         return f"SELECT count(*) AS n {source}", params
 
-    def facets(self) -> tuple[str, list[Any]]:
+    def statements(self, kinds: Sequence[Row]) -> list[tuple[str, list[Any]]]:
+        """Hits, exact count, and the facet counts when asked for and there are any."""
+        facets = self.facets(kinds) if self.query.facets else None
+        return [self.hits(), self.count(), *([facets] if facets else [])]
+
+    def kinds(self) -> tuple[str, list[Any]]:
+        """Which of the facet fields hold scalars, lists or both (read before :meth:`facets`)."""
+        numbers = [self.g.fields[f].number for f in self.query.facets]
+        marks = ", ".join("?" for _ in numbers)
+        return f"SELECT field, scalars, lists FROM {self.g.kinds} WHERE field IN ({marks})", numbers
+
+    def facets(self, kinds: Sequence[Row]) -> tuple[str, list[Any]] | None:
         """Value counts per facet field: its typed column where it holds a scalar, plus the
-        attribute rows of the documents where it holds a list (the column is NULL there)."""
+        attribute rows of the documents where it holds a list (the column is NULL there).
+        ``kinds`` (from :meth:`kinds`) says which of the two each field needs; ``None``: no values."""
         g = self.g
-        wanted = [(g.fields[f], i) for i, f in enumerate(self.query.facets)]
+        has = {row[0]: (row[1], row[2]) for row in kinds}
+        wanted = [(g.fields[f], i, *has[g.fields[f].number]) for i, f in enumerate(self.query.facets)
+                  if g.fields[f].number in has]  # fmt: skip
+        if not wanted:
+            return None
         parts: list[str] = []
         if not (self.match or self.filter_sql):
-            for field, _ in wanted:
-                parts += [
-                    f"SELECT {field.number:d} AS field, {field.column} AS value, count(*) AS n FROM {g.docs}"
-                    f" WHERE {field.column} IS NOT NULL GROUP BY {field.column}",
-                    f"SELECT {field.number:d}, value, count(*) FROM {g.attrs} WHERE field = {field.number:d}"
-                    " GROUP BY value",
-                ]
+            for field, _, scalars, lists in wanted:
+                if scalars:
+                    parts.append(
+                        f"SELECT {field.number:d} AS field, {field.column} AS value, count(*) AS n FROM {g.docs}"
+                        f" WHERE {field.column} IS NOT NULL GROUP BY {field.column}"
+                    )
+                if lists:
+                    parts.append(
+                        f"SELECT {field.number:d}, value, count(*) FROM {g.attrs} WHERE field = {field.number:d}"
+                        " GROUP BY value"
+                    )
             return " UNION ALL ".join(parts), []
-        # The matching documents are found once; the list values are probed by document (CROSS JOIN
-        # fixes that order) rather than by scanning every value of the field.
         source, params = self._from()
-        picked = "".join(f", d.{field.column} AS v{i}" for field, i in wanted)
-        for field, i in wanted:
-            parts += [
-                f"SELECT {field.number:d} AS field, v{i} AS value, count(*) AS n FROM m WHERE v{i} IS NOT NULL"
-                f" GROUP BY v{i}",
-                f"SELECT {field.number:d}, a.value, count(*) FROM m CROSS JOIN {g.attrs} a"
-                f" ON a.doc = m.doc AND a.field = {field.number:d} WHERE m.v{i} IS NULL GROUP BY a.value",
-            ]
+        if len(wanted) == 1 and not (wanted[0][2] and wanted[0][3]):
+            # One pass over the matching documents: the usual case (one facet, of one kind).
+            field, _, scalars, _ = wanted[0]
+            if scalars:
+                sql = (
+                    f"SELECT {field.number:d} AS field, v AS value, count(*) AS n FROM"
+                    f" (SELECT d.{field.column} AS v {source}) WHERE v IS NOT NULL GROUP BY v"
+                )
+            else:  # CROSS JOIN fixes the order: probe each matching document's values
+                sql = (
+                    f"SELECT {field.number:d} AS field, a.value AS value, count(*) AS n FROM"
+                    f" (SELECT d.rowid AS doc {source}) m CROSS JOIN {g.attrs} a"
+                    f" ON a.doc = m.doc AND a.field = {field.number:d} GROUP BY a.value"
+                )
+            return sql, params
+        # Several facets (or one of both kinds): find the matching documents once, then count.
+        picked = "".join(f", d.{field.column} AS v{i}" for field, i, _, _ in wanted)
+        for field, i, scalars, lists in wanted:
+            if scalars:
+                parts.append(
+                    f"SELECT {field.number:d} AS field, v{i} AS value, count(*) AS n FROM m"
+                    f" WHERE v{i} IS NOT NULL GROUP BY v{i}"
+                )
+            if lists:
+                parts.append(
+                    f"SELECT {field.number:d}, a.value, count(*) FROM m CROSS JOIN {g.attrs} a"
+                    f" ON a.doc = m.doc AND a.field = {field.number:d} WHERE m.v{i} IS NULL GROUP BY a.value"
+                )
         sql = f"WITH m AS MATERIALIZED (SELECT d.rowid AS doc{picked} {source}) {' UNION ALL '.join(parts)}"
         return sql, params
 
