@@ -15,8 +15,12 @@ Each index is a "generation" of four tables, numbered N (the number, not user te
 Changing an index's settings builds a new generation from the stored bodies and drops the old one in
 the same transaction, so searches see either the old or the new index, never a mix.
 
-Writes go through a task queue (table ``tasks``) drained by one background worker per process;
-consecutive tasks of an index are applied in one transaction (batched), in order.
+Writes go through a task queue drained by one background worker per process; consecutive tasks of
+an index are applied in one transaction (batched), in order. The queue (table ``tasks``) lives in a
+sibling file, ``search-queue.db``: accepting documents then never waits for the indexing
+transaction in progress, so requests keep arriving (and batches keep growing) while it runs. A batch
+is marked done after its index transaction commits; a crash in between applies it again on restart,
+which changes nothing (whole documents replaced by id, deletions of ids, in queue order).
 """
 
 from __future__ import annotations
@@ -106,6 +110,32 @@ _MIGRATIONS = [
         "ALTER TABLE indexes ADD COLUMN layout INTEGER NOT NULL DEFAULT 1;",
     ),
 ]
+_QUEUE_MIGRATIONS = [
+    Migration(
+        "search-queue",
+        1,
+        "indexing tasks (moved from search.db, where version 1 kept them)",
+        """
+        CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant_id TEXT NOT NULL,
+            index_name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            documents INTEGER NOT NULL,
+            payload BLOB,
+            error TEXT,
+            enqueued_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        );
+        CREATE INDEX tasks_queued ON tasks (status, seq);
+        CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
+        """,
+    )
+]
+_TASK_COLUMNS = "seq, id, tenant_id, index_name, kind, status, documents, payload, error, enqueued_at, started_at, finished_at"
 LAYOUT = 2  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes
 
 _RAW_DOCS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
@@ -337,6 +367,8 @@ class SqliteFtsEngine:
         """``worker=False`` runs no background indexer: the caller applies tasks with :meth:`drain`.
         ``inline_steps``: SQLite VM steps between two checks of a search's inline time budget."""
         self.db = Database(path, readers=readers)
+        path = Path(path)
+        self.queue = Database(path.with_name(f"{path.stem}-queue{path.suffix}"), readers=1)
         self._run_worker = worker
         # (tenant, index) -> (expires, generation, index): spares searches a registry read. An entry
         # made stale by another process is harmless: its tables are gone, the search looks again.
@@ -355,14 +387,16 @@ class SqliteFtsEngine:
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate(_MIGRATIONS)
+        await self.queue.open()
+        await self.queue.migrate(_QUEUE_MIGRATIONS)
+        await self._move_old_queue()
         await self._upgrade_layouts()
         self._inline = sqlite3.connect(self.db.path, isolation_level=None, check_same_thread=False)
         self._inline.row_factory = sqlite3.Row
         self._inline.execute("PRAGMA query_only=ON")
         self._inline.execute("PRAGMA busy_timeout=250")
         self._inline.set_progress_handler(self._out_of_time, self._inline_steps)
-        # A batch is applied and marked done in one transaction: after a crash its tasks are still
-        # "enqueued", and the worker picks them up again here.
+        # After a crash, the tasks of a batch not marked done are still "enqueued": applied again here.
         if self._run_worker:
             self._worker = asyncio.create_task(self._work(), name="search-indexer")
 
@@ -375,13 +409,15 @@ class SqliteFtsEngine:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+        await self.queue.close()
         await self.db.close()
 
     async def health(self) -> BackendStatus:
         try:
-            row = await self.db.fetchone(
+            row = await self.queue.fetchone(
                 "SELECT sqlite_version() AS v, (SELECT count(*) FROM tasks WHERE status = 'enqueued') AS q"
             )
+            await self.db.fetchone("SELECT 1 FROM indexes LIMIT 1")
         except (RuntimeError, sqlite3.Error) as exc:
             return BackendStatus(
                 name="search",
@@ -496,6 +532,11 @@ class SqliteFtsEngine:
         async with self.db.transaction() as tx:
             deleted = await self._drop_index(tx, tenant, name)
         if deleted:
+            await self.queue.execute(
+                "UPDATE tasks SET status = 'failed', error = 'the index was deleted', payload = NULL,"
+                " finished_at = ? WHERE tenant_id = ? AND index_name = ? AND status = 'enqueued'",
+                (time.time(), tenant, name),
+            )
             await self._notify()
         return deleted
 
@@ -509,18 +550,13 @@ class SqliteFtsEngine:
         for statement in _Generation(row["generation"], _DEF_DECODER.decode(row["definition"])).drop():
             await tx.execute(statement)
         await tx.execute("DELETE FROM indexes WHERE tenant_id = ? AND name = ?", (tenant, name))
-        await tx.execute(
-            "UPDATE tasks SET status = 'failed', error = 'the index was deleted', payload = NULL,"
-            " finished_at = ? WHERE tenant_id = ? AND index_name = ? AND status = 'enqueued'",
-            (time.time(), tenant, name),
-        )
         return True
 
     async def purge_tenant(self, tenant: str) -> None:
         async with self.db.transaction() as tx:
             for row in await tx.fetchall("SELECT name FROM indexes WHERE tenant_id = ?", (tenant,)):
                 await self._drop_index(tx, tenant, row["name"])
-            await tx.execute("DELETE FROM tasks WHERE tenant_id = ?", (tenant,))
+        await self.queue.execute("DELETE FROM tasks WHERE tenant_id = ?", (tenant,))
         await self._notify()
 
     # --- tasks ----------------------------------------------------------------------------------
@@ -546,7 +582,7 @@ class SqliteFtsEngine:
             documents=count,
             enqueued_at=time.time(),
         )
-        await self.db.execute(
+        await self.queue.execute(
             "INSERT INTO tasks (id, tenant_id, index_name, kind, status, documents, payload, enqueued_at)"
             " VALUES (?, ?, ?, ?, 'enqueued', ?, ?, ?)",
             (task.task_id, tenant, index, kind, count, payload, task.enqueued_at),
@@ -555,7 +591,7 @@ class SqliteFtsEngine:
         return task
 
     async def task(self, tenant: str, index: str, task_id: str) -> Task | None:
-        row = await self.db.fetchone(
+        row = await self.queue.fetchone(
             "SELECT id, index_name, kind, status, documents, error, enqueued_at, started_at, finished_at"
             " FROM tasks WHERE id = ? AND tenant_id = ? AND index_name = ?",
             (task_id, tenant, index),
@@ -591,31 +627,16 @@ class SqliteFtsEngine:
 
     async def drain(self) -> int:
         """Apply the queued tasks of the oldest queued index, in one transaction; returns how many."""
-        head = await self.db.fetchone(
+        head = await self.queue.fetchone(
             "SELECT tenant_id, index_name FROM tasks WHERE status = 'enqueued' ORDER BY seq LIMIT 1"
         )
         if head is None:
             return 0
         tenant, index = head["tenant_id"], head["index_name"]
-        try:
-            async with self.db.transaction() as tx:
-                count = await self._apply(tx, tenant, index, BATCH_TASKS)
-        except Exception:
-            # One bad task must not sink the batch (nor block the queue): apply the head task alone,
-            # and if it fails, record why and move on.
-            log.warning("search: a batch of %s/%s failed; retrying its first task alone", tenant, index)
-            async with self.db.transaction() as tx:
-                count = await self._apply(tx, tenant, index, 1, fail_on_error=True)
-        await self._notify()
-        return count
-
-    async def _apply(
-        self, tx: Tx, tenant: str, index: str, max_tasks: int, fail_on_error: bool = False
-    ) -> int:
-        rows = await tx.fetchall(
+        rows = await self.queue.fetchall(
             "SELECT seq, kind, documents, payload FROM tasks WHERE tenant_id = ? AND index_name = ?"
             " AND status = 'enqueued' ORDER BY seq LIMIT ?",
-            (tenant, index, max_tasks),
+            (tenant, index, BATCH_TASKS),
         )
         batch: list[Row] = []
         total = 0
@@ -625,22 +646,64 @@ class SqliteFtsEngine:
             batch.append(row)
             total += row["documents"]
         started = time.time()
+        try:
+            outcome = await self._apply(tenant, index, batch)
+        except Exception:
+            # One bad task must not sink the batch (nor block the queue): apply the head task alone,
+            # and if it fails, record why and move on.
+            log.warning("search: a batch of %s/%s failed; retrying its first task alone", tenant, index)
+            batch = batch[:1]
+            outcome = await self._apply(tenant, index, batch, guarded=True)
+        if outcome is _TAKEN:
+            return 0
         seqs = [r["seq"] for r in batch]
-        generation = await _current_generation(tx, tenant, index)
-        error = None
-        if generation is None:
-            error = "the index was deleted"
-        else:
-            error = await self._apply_guarded(tx, generation, batch) if fail_on_error else None
-            if not fail_on_error:
-                await _apply_tasks(tx, generation, batch)
         marks = ", ".join("?" for _ in seqs)
-        await tx.execute(
+        await self.queue.execute(
             f"UPDATE tasks SET status = ?, error = ?, payload = NULL, started_at = ?, finished_at = ?"
-            f" WHERE seq IN ({marks})",
-            ("failed" if error else "succeeded", error, started, time.time(), *seqs),
+            f" WHERE seq IN ({marks}) AND status = 'enqueued'",
+            ("failed" if outcome else "succeeded", outcome, started, time.time(), *seqs),
         )
+        await self._notify()
         return len(seqs)
+
+    async def _apply(self, tenant: str, index: str, batch: list[Row], guarded: bool = False) -> str | None:
+        """Apply the batch in one index transaction; the error (with ``guarded``), or ``_TAKEN`` when
+        another process applied it meanwhile (its tasks are no longer queued)."""
+        seqs = [r["seq"] for r in batch]
+        marks = ", ".join("?" for _ in seqs)
+        async with self.db.transaction() as tx:
+            # Checked under the index write lock: another worker marks a batch done only after its
+            # index commit, so a batch still queued here was not applied, or was applied unchanged.
+            queued = await self.queue.fetchone(
+                f"SELECT count(*) AS n FROM tasks WHERE seq IN ({marks}) AND status = 'enqueued'", seqs
+            )
+            if queued is None or queued["n"] < len(seqs):
+                return _TAKEN
+            generation = await _current_generation(tx, tenant, index)
+            if generation is None:
+                return "the index was deleted"
+            if guarded:
+                return await self._apply_guarded(tx, generation, batch)
+            await _apply_tasks(tx, generation, batch)
+            return None
+
+    async def _move_old_queue(self) -> None:
+        """Version 1 kept the tasks in search.db: move them to the queue file, then drop the table."""
+        old = await self.db.fetchone(
+            "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
+        )
+        if old is None:
+            return
+        rows = await self.db.fetchall(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY seq")
+        if rows:
+            marks = ", ".join("?" for _ in _TASK_COLUMNS.split(","))
+            async with self.queue.transaction() as tx:
+                await tx.executemany(
+                    f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES ({marks})",
+                    [tuple(r) for r in rows],
+                )
+        async with self.db.transaction() as tx:
+            await tx.execute("DROP TABLE tasks")
 
     async def _apply_guarded(self, tx: Tx, generation: _Generation, batch: list[Row]) -> str | None:
         """Apply inside a savepoint: on failure undo the partial writes and return the reason."""
@@ -760,6 +823,9 @@ def _covers(generation: _Generation, query: SearchQuery) -> bool:
     return all(f in generation.fields for f in (*query.facets, *filtered)) and all(
         key.field in generation.sort_column for key in query.sort
     )
+
+
+_TAKEN = "(applied by another process)"  # a sentinel, compared by identity
 
 
 class _Reindexed(Exception):

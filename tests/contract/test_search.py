@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -578,5 +579,37 @@ async def test_sqlite_fts_rebuilds_an_index_of_the_older_layout_at_start(tmp_pat
         )
         assert ids(found) == ["m1", "m2"] and found.facets == {"color": {"true": 2}}
         assert (await engine.get_index("acme", "movies")).documents == len(MOVIES)  # type: ignore[union-attr]
+    finally:
+        await engine.close()
+
+
+async def test_sqlite_fts_moves_tasks_queued_by_the_older_version_to_the_queue_file(tmp_path: Path) -> None:
+    """Version 1 kept the task queue in search.db; start() moves it to search-queue.db, still queued."""
+    path = tmp_path / "search.db"
+    first = SqliteFtsEngine(path, worker=False)
+    await first.start()
+    await SearchService(first).put_index("acme", "notes", IndexDefinition(searchable=["text"]))
+    await first.close()
+    with sqlite3.connect(path) as conn:  # what version 1 left: a queued task in search.db
+        conn.execute(
+            "CREATE TABLE tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+            " tenant_id TEXT NOT NULL, index_name TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,"
+            " documents INTEGER NOT NULL, payload BLOB, error TEXT, enqueued_at REAL NOT NULL,"
+            " started_at REAL, finished_at REAL)"
+        )
+        conn.execute(
+            "INSERT INTO tasks (id, tenant_id, index_name, kind, status, documents, payload, enqueued_at)"
+            " VALUES ('task_old', 'acme', 'notes', 'documents.upsert', 'enqueued', 1, ?, 1.0)",
+            (b'[{"id": "n1", "text": "carried over"}]',),
+        )
+    engine = SqliteFtsEngine(path)
+    await engine.start()
+    try:
+        done = await engine.wait("acme", "notes", "task_old", 10)
+        assert done is not None and done.status == "succeeded"
+        assert ids_of(await SearchService(engine).search("acme", "notes", SearchRequest(q="carried"))) == [
+            "n1"
+        ]
+        assert await engine.db.fetchone("SELECT name FROM sqlite_master WHERE name = 'tasks'") is None
     finally:
         await engine.close()
