@@ -324,6 +324,7 @@ def main() -> None:
             common = {"q": f"{words[0]} {words[1]}", "facets": ["tags"], "limit": 20}
             worst_app = [search_over_http(client, common) for _ in range(5)]
             worst_raw = [search_raw(raw_conn, {**common, "filter": None}) for _ in range(5)]
+            assert {t for _, t in worst_app} == {t for _, t in worst_raw}, (worst_app, worst_raw)
             raw_conn.close()
 
     n = len(docs)

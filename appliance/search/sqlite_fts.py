@@ -195,6 +195,7 @@ def _sort_value(value: Any) -> Any:
 
 
 _INT64 = (-(2**63), 2**63)
+_SCALARS = (str, int, float)  # bool is an int
 
 
 def _scalar(value: Any) -> Any:
@@ -309,7 +310,9 @@ class _Generation:
         A filterable scalar goes into the field's typed column; each value of a list goes into the
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
         """
-        doc_rows, fts_rows, attr_rows = [], [], []
+        doc_rows: list[list[Any]] = []
+        fts_rows: list[tuple[Any, ...]] = []
+        attr_rows: list[tuple[int, Any, int]] = []
         _, text_at, filter_at, sort_at = self._reading
         scalars: set[int] = set()
         lists: set[int] = set()
@@ -322,9 +325,13 @@ class _Generation:
                 value = values[at]
                 if type(value) is list:
                     row.append(None)
-                    listed = [(number, _scalar(v), rowid) for v in value if isinstance(v, str | int | float)]
-                    if listed:
-                        attr_rows += listed
+                    before = len(attr_rows)
+                    for item in value:
+                        if type(item) is str:
+                            attr_rows.append((number, item, rowid))
+                        elif isinstance(item, _SCALARS):
+                            attr_rows.append((number, _scalar(item), rowid))
+                    if len(attr_rows) > before:
                         lists.add(number)
                 else:
                     value = _scalar(value)
