@@ -62,6 +62,7 @@ MAX_QUERY_WORDS = 32
 MAX_FACET_VALUES = 100
 BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
+_WRITE_CHUNK = 1_000
 _REGISTRY_TTL_S = 2.0
 INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
@@ -309,13 +310,40 @@ class _Generation:
 
         A filterable scalar goes into the field's typed column; each value of a list goes into the
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
+        Rows are built a chunk at a time, each chunk's statements handed to the database thread
+        before the next is built, so building (Python) and inserting (SQLite) overlap.
         """
+        scalars: set[int] = set()
+        lists: set[int] = set()
+        pending: list[asyncio.Future[None]] = []
+        try:
+            for start in range(0, len(docs), _WRITE_CHUNK):
+                doc_rows, fts_rows, attr_rows = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
+                # Scheduled in order, they queue their statements in order on the database thread.
+                pending.append(asyncio.ensure_future(tx.executemany(self.insert_doc, doc_rows)))
+                pending.append(asyncio.ensure_future(tx.executemany(self.insert_fts, fts_rows)))
+                if attr_rows:
+                    pending.append(asyncio.ensure_future(tx.executemany(self.insert_attr, attr_rows)))
+                await asyncio.sleep(0)  # let them submit their statements
+            await asyncio.gather(*pending)
+        except BaseException:
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        if scalars or lists:
+            await tx.executemany(
+                f"INSERT INTO {self.kinds} (field, scalars, lists) VALUES (?, ?, ?) ON CONFLICT (field)"
+                " DO UPDATE SET scalars = max(scalars, excluded.scalars), lists = max(lists, excluded.lists)",
+                [(n, int(n in scalars), int(n in lists)) for n in sorted(scalars | lists)],
+            )
+
+    def _rows(
+        self, docs: Sequence[tuple[int, str, Any, Any]], scalars: set[int], lists: set[int]
+    ) -> tuple[list[list[Any]], list[tuple[Any, ...]], list[tuple[int, Any, int]]]:
+        """The docs, FTS and attribute rows of ``docs``; notes which fields got scalars and lists."""
         doc_rows: list[list[Any]] = []
         fts_rows: list[tuple[Any, ...]] = []
         attr_rows: list[tuple[int, Any, int]] = []
         _, text_at, filter_at, sort_at = self._reading
-        scalars: set[int] = set()
-        lists: set[int] = set()
         astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
             values = astuple(doc)
@@ -343,16 +371,7 @@ class _Generation:
             row.append(body)
             doc_rows.append(row)
             fts_rows.append((rowid, *texts))
-        await tx.executemany(self.insert_doc, doc_rows)
-        await tx.executemany(self.insert_fts, fts_rows)
-        if attr_rows:
-            await tx.executemany(self.insert_attr, attr_rows)
-        if scalars or lists:
-            await tx.executemany(
-                f"INSERT INTO {self.kinds} (field, scalars, lists) VALUES (?, ?, ?) ON CONFLICT (field)"
-                " DO UPDATE SET scalars = max(scalars, excluded.scalars), lists = max(lists, excluded.lists)",
-                [(n, int(n in scalars), int(n in lists)) for n in sorted(scalars | lists)],
-            )
+        return doc_rows, fts_rows, attr_rows
 
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
         for start in range(0, len(rowids), 500):
