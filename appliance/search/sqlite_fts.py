@@ -7,10 +7,14 @@ it needs a transaction shared with the metadata DB: tenant deletion reaches it t
 
 Each index is a "generation" of four tables, numbered N (the number, not user text, names them):
 
-* ``ixN_docs``: the stored documents (``body``, JSON) and one typed column ``sK`` per sortable field;
+* ``ixN_docs``: the stored documents (``body``: the JSON bytes as sent), a typed column ``fK`` per
+  filterable field holding its value when it is a scalar (NULL for a list), a column ``sK`` per
+  sortable field and ``xK`` (the exact-match key) per searchable field;
 * ``ixN_fts``: an FTS5 table, one column per searchable field, ``unicode61 remove_diacritics 2``;
-* ``ixN_attrs``: (field, value, doc) for every value of every filterable field (list values give
-  one row each), which filters and facets read through its primary-key index.
+* ``ixN_attrs``: (field number, value, doc) for each value of a filterable field that holds a list,
+  read by filters and facets through its two indexes; most documents need no rows here;
+* ``ixN_kinds``: per filterable field, whether any document gave it a scalar, a list, or both, so a
+  facet query reads only the places its values can be.
 
 Changing an index's settings builds a new generation from the stored bodies and drops the old one in
 the same transaction, so searches see either the old or the new index, never a mix.
@@ -1061,7 +1065,7 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
         if rowid is None:
             fresh += 1
             rowid = fresh
-        rows.append((rowid, doc_id, bytes(found[0]), found[1]))
+        rows.append((rowid, doc_id, found[0], found[1]))  # sqlite3 binds a Raw as a BLOB, uncopied
     await generation.write(tx, rows)
 
 
