@@ -95,7 +95,8 @@ async def _with_tenant(ctx: Any, principal: Principal, requested: str | None) ->
 def requires(scope: str) -> Guard:
     """A guard that lets the request through only if its key carries ``scope`` (or ``admin``, or is root)."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # Async on purpose: Litestar runs a sync guard in a worker thread, a hand-off on every request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal: Principal = connection.auth
         if not principal.allows(scope):
             raise Forbidden(f"this key lacks the {scope!r} scope")
@@ -104,7 +105,7 @@ def requires(scope: str) -> Guard:
     return guard
 
 
-def root_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def root_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """A guard for operations on tenants themselves: only the root key may."""
     if not connection.auth.is_root:
         raise Forbidden("only the root key may manage tenants")

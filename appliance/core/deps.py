@@ -24,7 +24,9 @@ def _ctx(state: State) -> Context:
     return ctx
 
 
-def _principal(scope: Scope) -> Principal:
+def _principal(scope: Scope, ctx: AppContext) -> Principal:
+    # ``ctx`` only orders the two: Litestar resolves dependencies of the same depth in an anyio task
+    # group (two tasks per request); one after the other, each is a plain await.
     principal: Principal = scope["auth"]
     return principal
 

@@ -13,7 +13,7 @@ each tenant on first use and upserts or deletes records (see :class:`appliance.s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 from litestar.types import ControllerRouterHandler
@@ -27,6 +27,7 @@ __all__ = [
     "IndexDefinition",
     "IndexInfo",
     "IndexName",
+    "JsonUpsert",
     "SearchEngine",
     "SearchQuery",
     "SearchRequest",
@@ -212,6 +213,15 @@ class SearchEngine(Protocol):
 
     async def purge_tenant(self, tenant: str) -> None:
         """Delete every index (and task) of ``tenant``."""
+
+
+@runtime_checkable
+class JsonUpsert(Protocol):
+    """An optional fast path of the port: documents still as the JSON array the client sent."""
+
+    async def upsert_json(self, tenant: str, index: IndexInfo, payload: bytes, count: int) -> Task:
+        """Like :meth:`SearchEngine.upsert`, for ``count`` documents already validated by the
+        service (objects, each with a valid primary key), without decoding them here."""
 
 
 def build_engine(ctx: Context) -> SearchEngine:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, post, put
-from litestar.params import JSONBody, Parameter
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+from litestar.params import JSONBody, Parameter, RawBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from appliance.core.auth import requires
@@ -22,6 +25,23 @@ Wait = Annotated[bool, Parameter(description="return once the task has finished 
 
 def _search(ctx: Any) -> SearchService:
     return ctx.service("search", SearchService)  # type: ignore[no-any-return]
+
+
+@dataclass
+class _DocumentsOperation(Operation):
+    """The documents route reads its body raw (validated, then queued as sent): document it anyway."""
+
+    def __post_init__(self) -> None:
+        document = Schema(
+            type=OpenAPIType.OBJECT, description="a document: a JSON object with the primary key"
+        )
+        self.request_body = RequestBody(
+            content={
+                "application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.ARRAY, items=document))
+            },
+            description="the documents to add or replace, whole, by primary key (the last one wins)",
+            required=True,
+        )
 
 
 def _task_response(task: Task) -> Response[Task]:
@@ -57,16 +77,13 @@ class IndexController(Controller):
     @post(
         "/{index:str}/documents",
         summary="Add or replace documents: 202 with a task, or 200 once searchable with ?wait=true",
+        operation_class=_DocumentsOperation,
     )
     async def add_documents(
-        self,
-        ctx: AppContext,
-        principal: Caller,
-        index: IndexPath,
-        data: JSONBody[list[dict[str, Any]]],
-        wait: Wait = False,
+        self, ctx: AppContext, principal: Caller, index: IndexPath, body: RawBody, wait: Wait = False
     ) -> Response[Task]:
-        return _task_response(await _search(ctx).add_documents(principal.tenant, index, data, wait))
+        # Raw on purpose: the body is checked by decoding only the primary keys, and queued as sent.
+        return _task_response(await _search(ctx).add_json(principal.tenant, index, body, wait))
 
     @delete(
         "/{index:str}/documents/{doc_id:str}",

@@ -43,6 +43,7 @@ __all__ = [
     "FilterError",
     "Range",
     "Scalar",
+    "SqlField",
     "Term",
     "Terms",
     "fields_of",
@@ -268,9 +269,10 @@ def fields_of(clause: Clause) -> Iterator[str]:
 
 # --- SQL -------------------------------------------------------------------------------------------
 
-# A leaf becomes "the document's rowid is among the rowids whose attribute row matches": one indexed
-# lookup in the attributes table, whatever the shape of the field (scalar or list).
-AttrMatch = Callable[[str, str, list[Any]], str]
+# A leaf is tested on the document's typed column for the field when it holds a scalar, and on the
+# attributes table (one row per value) when the field holds a list (the column is then NULL). Either
+# way a leaf evaluates to exactly 0 or 1, never NULL, so NOT and the should-sums stay two-valued.
+AttrMatch = Callable[[Callable[[str], str], str, list[Any]], str]
 
 
 def sql_value(value: Scalar) -> Any:
@@ -283,43 +285,66 @@ def sql_value(value: Scalar) -> Any:
     return value
 
 
-def to_sql(
-    clause: Clause, doc_rowid: str, attrs_table: str, params: list[Any], correlated: bool = False
-) -> str:
-    """Compile ``clause`` to a SQL boolean expression over ``doc_rowid``; values go into ``params``.
+class SqlField(msgspec.Struct, frozen=True):
+    """Where a filterable field lives: its typed ``column`` of the documents table (scalar values)
+    and its ``number`` in the attributes table (the values of lists)."""
 
-    ``correlated`` picks the form of each leaf: an ``EXISTS`` probe of the (doc, field, value) index
-    per candidate row (best when full-text matching already narrowed the candidates), or an ``IN``
-    over the rowids matching the leaf (best when the filter itself drives the query).
+    column: str
+    number: int
+
+
+def to_sql(
+    clause: Clause,
+    doc: str,
+    fields: dict[str, SqlField],
+    attrs_table: str,
+    params: list[Any],
+    correlated: bool = False,
+) -> str:
+    """Compile ``clause`` to a SQL boolean expression over the document row ``doc``; values go into
+    ``params``.
+
+    ``correlated`` picks how a list-valued field is tested: an ``EXISTS`` probe of the (doc, field,
+    value) index per candidate row (best when full-text matching already narrowed the candidates), or
+    an ``IN`` over the rowids matching the leaf, computed once (best when the filter drives the query).
     """
 
-    def attr(condition: str, field: str, values: list[Any]) -> str:
-        params.append(field)
+    def attr(condition: Callable[[str], str], field: str, values: list[Any]) -> str:
+        where = fields[field]
+        column = f"{doc}.{where.column}"
+        params.extend(values)  # the list branch comes first in the text, then the scalar one
         params.extend(values)
         if correlated:
-            return (
-                f"EXISTS (SELECT 1 FROM {attrs_table} WHERE doc = {doc_rowid} AND field = ? AND {condition})"
+            lists = (
+                f"EXISTS (SELECT 1 FROM {attrs_table} WHERE doc = {doc}.rowid AND field = {where.number:d}"
+                f" AND {condition('value')})"
             )
-        return f"{doc_rowid} IN (SELECT doc FROM {attrs_table} WHERE field = ? AND {condition})"
+        else:
+            lists = f"{doc}.rowid IN (SELECT doc FROM {attrs_table} WHERE field = {where.number:d} AND {condition('value')})"
+        return f"(CASE WHEN {column} IS NULL THEN {lists} ELSE {condition(column)} END)"
 
     return _sql(clause, attr)
 
 
 def _sql(clause: Clause, attr: AttrMatch) -> str:
     if isinstance(clause, Term):
-        return attr("value = ?", clause.field, [sql_value(clause.value)])
+        return attr(lambda x: f"{x} = ?", clause.field, [sql_value(clause.value)])
     if isinstance(clause, Terms):
         marks = ", ".join("?" for _ in clause.values)
-        return attr(f"value IN ({marks})", clause.field, [sql_value(v) for v in clause.values])
+        return attr(lambda x: f"{x} IN ({marks})", clause.field, [sql_value(v) for v in clause.values])
     if isinstance(clause, Range):
-        conds, values = ["typeof(value) IN ('integer', 'real')"], []
+        ops, values = [], []
         for op, bound in ((">", clause.gt), (">=", clause.gte), ("<", clause.lt), ("<=", clause.lte)):
             if bound is not None:
-                conds.append(f"value {op} ?")
+                ops.append(op)
                 values.append(bound)
-        return attr(" AND ".join(conds), clause.field, values)
+
+        def in_range(x: str) -> str:
+            return " AND ".join([f"typeof({x}) IN ('integer', 'real')", *(f"{x} {op} ?" for op in ops)])
+
+        return attr(in_range, clause.field, values)
     if isinstance(clause, Exists):
-        return attr("value != ''", clause.field, [])
+        return attr(lambda x: f"{x} != ''", clause.field, [])
     return _sql_bool(clause, attr)
 
 

@@ -6,15 +6,19 @@ it, before any adapter sees the request. Adapters receive only validated :class:
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
-from appliance.core.errors import Conflict, NotFound, Unprocessable
+import msgspec
+
+from appliance.core.errors import BadRequest, Conflict, NotFound, Unprocessable
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
 from appliance.search import (
     DOC_ID_PATTERN,
     IndexDefinition,
     IndexInfo,
+    JsonUpsert,
     SearchEngine,
     SearchQuery,
     SearchRequest,
@@ -24,7 +28,7 @@ from appliance.search import (
 )
 from appliance.search.filters import Bool, FilterError, fields_of, parse_filter
 
-__all__ = ["MAX_DOCUMENTS", "WAIT_TIMEOUT_S", "Indexer", "SearchService"]
+__all__ = ["MAX_DOCUMENTS", "WAIT_TIMEOUT_S", "Indexer", "SearchService", "check_json_documents"]
 
 MAX_DOCUMENTS = 100_000
 WAIT_TIMEOUT_S = 30.0
@@ -72,6 +76,17 @@ class SearchService:
         index = await self.get_index(tenant, name, count=False)
         _check_documents(documents, index.primary_key)
         task = await self.engine.upsert(tenant, index, documents)
+        return await self._settle(tenant, name, task, wait)
+
+    async def add_json(self, tenant: str, name: str, body: bytes, wait: bool = False) -> Task:
+        """:meth:`add_documents` for a request body (a JSON array of objects), passed on undecoded
+        to an engine that takes it as is (:class:`JsonUpsert`)."""
+        index = await self.get_index(tenant, name, count=False)
+        count = check_json_documents(body, index.primary_key)
+        if isinstance(self.engine, JsonUpsert):
+            task = await self.engine.upsert_json(tenant, index, body, count)
+        else:
+            task = await self.engine.upsert(tenant, index, msgspec.json.decode(body))
         return await self._settle(tenant, name, task, wait)
 
     async def delete_document(self, tenant: str, name: str, doc_id: str, wait: bool = False) -> Task:
@@ -168,6 +183,44 @@ def _require(fields: Any, declared: list[str], verb: str, kind: str, index: str)
                 f" (declared: {declared}); add it with PUT /v1/indexes/{index}",
                 field=field,
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _keys_decoder(primary_key: str) -> msgspec.json.Decoder[list[Any]]:
+    """Decodes a JSON array of objects into their primary keys only (every other field is skipped)."""
+    keyed = msgspec.defstruct("Keyed", [("key", int | str)], rename={"key": primary_key})
+    return msgspec.json.Decoder(list[keyed])  # type: ignore[valid-type]
+
+
+def check_json_documents(body: bytes, primary_key: str) -> int:
+    """Validate a request body of documents as :func:`_check_documents` does; return how many.
+
+    The common case, a valid array, is checked by decoding the primary keys alone. Anything msgspec
+    refuses there is decoded in full and checked document by document, for the precise message.
+    """
+    try:
+        keys = [item.key for item in _keys_decoder(primary_key).decode(body)]
+    except msgspec.DecodeError:
+        try:
+            documents = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(documents, list):
+            raise Unprocessable("the body must be a JSON array of documents (objects)") from None
+        _check_documents(documents, primary_key)
+        return len(documents)
+    if len(keys) > MAX_DOCUMENTS:
+        raise Unprocessable(f"send at most {MAX_DOCUMENTS} documents per request")
+    match = _DOC_ID.match
+    for position, key in enumerate(keys):
+        if type(key) is str:
+            if not match(key):
+                raise Unprocessable(
+                    f"document {position}: primary key {key[:64]!r} must be 1-511 letters, digits, '_' or '-'"
+                )
+        elif key < 0:
+            raise Unprocessable(f"document {position}: a numeric primary key must not be negative")
+    return len(keys)
 
 
 def _check_documents(documents: list[Any], primary_key: str) -> None:

@@ -7,28 +7,38 @@ it needs a transaction shared with the metadata DB: tenant deletion reaches it t
 
 Each index is a "generation" of four tables, numbered N (the number, not user text, names them):
 
-* ``ixN_docs``: the stored documents (``body``, JSON) and one typed column ``sK`` per sortable field;
+* ``ixN_docs``: the stored documents (``body``: the JSON bytes as sent), a typed column ``fK`` per
+  filterable field holding its value when it is a scalar (NULL for a list), a column ``sK`` per
+  sortable field and ``xK`` (the exact-match key) per searchable field;
 * ``ixN_fts``: an FTS5 table, one column per searchable field, ``unicode61 remove_diacritics 2``;
-* ``ixN_attrs``: (field, value, doc) for every value of every filterable field (list values give
-  one row each), which filters and facets read through its primary-key index.
+* ``ixN_attrs``: (field number, value, doc) for each value of a filterable field that holds a list,
+  read by filters and facets through its two indexes; most documents need no rows here;
+* ``ixN_kinds``: per filterable field, whether any document gave it a scalar, a list, or both, so a
+  facet query reads only the places its values can be.
 
 Changing an index's settings builds a new generation from the stored bodies and drops the old one in
 the same transaction, so searches see either the old or the new index, never a mix.
 
-Writes go through a task queue (table ``tasks``) drained by one background worker per process;
-consecutive tasks of an index are applied in one transaction (batched), in order.
+Writes go through a task queue drained by one background worker per process; consecutive tasks of
+an index are applied in one transaction (batched), in order. The queue (table ``tasks``) lives in a
+sibling file, ``search-queue.db``: accepting documents then never waits for the indexing
+transaction in progress, so requests keep arriving (and batches keep growing) while it runs. A batch
+is marked done after its index transaction commits; a crash in between applies it again on restart,
+which changes nothing (whole documents replaced by id, deletions of ids, in queue order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +56,7 @@ from appliance.search import (
     Task,
     TaskKind,
 )
-from appliance.search.filters import sql_value, to_sql
+from appliance.search.filters import SqlField, fields_of, sql_value, to_sql
 
 __all__ = ["SqliteFtsEngine", "match_expression"]
 
@@ -56,7 +66,9 @@ MAX_QUERY_WORDS = 32
 MAX_FACET_VALUES = 100
 BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
+_WRITE_CHUNK = 1_000
 _REGISTRY_TTL_S = 2.0
+INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_EXACT_CHARS = 100  # longer fields are prose: an exact match of the whole of one is not a signal
@@ -95,10 +107,44 @@ _MIGRATIONS = [
         CREATE INDEX tasks_queued ON tasks (status, seq);
         CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
         """,
+    ),
+    Migration(
+        "search",
+        2,
+        "typed filter columns: indexes remember their table layout, older ones are rebuilt at start",
+        "ALTER TABLE indexes ADD COLUMN layout INTEGER NOT NULL DEFAULT 1;",
+    ),
+]
+_QUEUE_MIGRATIONS = [
+    Migration(
+        "search-queue",
+        1,
+        "indexing tasks (moved from search.db, where version 1 kept them)",
+        """
+        CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant_id TEXT NOT NULL,
+            index_name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            documents INTEGER NOT NULL,
+            payload BLOB,
+            error TEXT,
+            enqueued_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        );
+        CREATE INDEX tasks_queued ON tasks (status, seq);
+        CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
+        """,
     )
 ]
+_TASK_COLUMNS = "seq, id, tenant_id, index_name, kind, status, documents, payload, error, enqueued_at, started_at, finished_at"
+LAYOUT = 2  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes
 
-_DOCS_DECODER = msgspec.json.Decoder(list[dict[str, Any]])
+_RAW_DOCS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
+_MISSING: Any = msgspec.UNSET
 _DEF_DECODER = msgspec.json.Decoder(IndexDefinition)
 _IDS_DECODER = msgspec.json.Decoder(list[str])
 
@@ -147,19 +193,25 @@ def _text(value: Any) -> str:
     return ""
 
 
-def _values(value: Any) -> Iterable[Any]:
-    """The filterable values of a field: scalars, or each scalar of a list; nulls and objects have none."""
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, str | int | float) and item is not None:
-                yield sql_value(item)
-    elif isinstance(value, str | int | float):
-        yield sql_value(value)
-
-
 def _sort_value(value: Any) -> Any:
     if isinstance(value, list):
         value = next((v for v in value if isinstance(v, str | int | float)), None)
+    return sql_value(value) if isinstance(value, str | int | float) else None
+
+
+_INT64 = (-(2**63), 2**63)
+_SCALARS = (str, int, float)  # bool is an int
+
+
+def _scalar(value: Any) -> Any:
+    """A filterable scalar as stored: see :func:`appliance.search.filters.sql_value`."""
+    kind = type(value)
+    if kind is str or kind is float:
+        return value
+    if kind is int:
+        return value if _INT64[0] <= value < _INT64[1] else float(value)
+    if kind is bool:
+        return "true" if value else "false"
     return sql_value(value) if isinstance(value, str | int | float) else None
 
 
@@ -178,14 +230,17 @@ class _Generation:
         self.docs = f"ix{number}_docs"
         self.fts = f"ix{number}_fts"
         self.attrs = f"ix{number}_attrs"
+        self.kinds = f"ix{number}_kinds"
+        self.fields = {f: SqlField(f"f{i}", i) for i, f in enumerate(definition.filterable)}
         sort_cols = [f"s{i}" for i in range(len(definition.sortable))]
         self.sort_column = dict(zip(definition.sortable, sort_cols, strict=True))
         self.exact_columns = [f"x{i}" for i in range(len(definition.searchable))]
-        extra_cols = [*sort_cols, *self.exact_columns]
+        filter_cols = [f.column for f in self.fields.values()]
+        self.columns = [*filter_cols, *sort_cols, *self.exact_columns]
         fts_cols = [f"c{i}" for i in range(len(definition.searchable))]
         self.insert_doc = (
-            f"INSERT INTO {self.docs} (rowid, doc_id, body{''.join(', ' + c for c in extra_cols)})"
-            f" VALUES (?, ?, ?{', ?' * len(extra_cols)})"
+            f"INSERT INTO {self.docs} (rowid, doc_id{''.join(', ' + c for c in self.columns)}, body)"
+            f" VALUES (?, ?{', ?' * len(self.columns)}, ?)"
         )
         self.insert_fts = (
             f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)}) VALUES (?{', ?' * len(fts_cols)})"
@@ -194,19 +249,49 @@ class _Generation:
         weights = ", ".join(repr(w) for w in _weights(len(definition.searchable)))
         self.bm25 = f"bm25({self.fts}, {weights})"
 
+    @functools.cached_property
+    def _reading(self) -> tuple[msgspec.json.Decoder[Any], list[int], list[tuple[int, int]], list[int]]:
+        """A decoder of a document straight into a struct of the fields the index reads (the rest of
+        the JSON is skipped, not built; ``v0`` is the primary key, then each distinct field once), and
+        the positions in it of the searchable, the (filterable, field number) and the sortable fields."""
+        definition = self.definition
+        names = list(dict.fromkeys([definition.primary_key, *definition.searchable,
+                                    *definition.filterable, *definition.sortable]))  # fmt: skip
+        position = {name: i for i, name in enumerate(names)}
+        struct = msgspec.defstruct(
+            "IndexedFields",
+            [(f"v{i}", Any, _MISSING if i == 0 else None) for i in range(len(names))],
+            rename={f"v{i}": name for i, name in enumerate(names)},
+        )
+        return (
+            msgspec.json.Decoder(struct),
+            [position[f] for f in definition.searchable],
+            [(position[f], self.fields[f].number) for f in definition.filterable],
+            [position[f] for f in definition.sortable],
+        )
+
+    @property
+    def decoder(self) -> msgspec.json.Decoder[Any]:
+        return self._reading[0]
+
     def ddl(self) -> list[str]:
         # No FTS5 prefix indexes: measured on the benchmark corpus they slow indexing by about 1.5x
         # and do not speed up a ranked top-20 prefix query (ranking the matches dominates).
-        sort_cols = "".join(f", {c}" for c in [*self.sort_column.values(), *self.exact_columns])
+        columns = "".join(f", {c}" for c in self.columns)
         fts_cols = ", ".join(f"c{i}" for i in range(len(self.definition.searchable)))
         statements = [
-            f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE,"
-            f" body BLOB NOT NULL{sort_cols})",
+            # body last: a scan that tests the typed columns decodes only the start of each record
+            f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE{columns},"
+            " body BLOB NOT NULL)",
             f"CREATE VIRTUAL TABLE {self.fts} USING fts5({fts_cols},"
             " tokenize = 'unicode61 remove_diacritics 2')",
-            f"CREATE TABLE {self.attrs} (field TEXT NOT NULL, value, doc INTEGER NOT NULL,"
+            f"CREATE TABLE {self.attrs} (field INTEGER NOT NULL, value, doc INTEGER NOT NULL,"
             " PRIMARY KEY (field, value, doc)) WITHOUT ROWID",
             f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc, field, value)",
+            # Per filterable field: whether any document ever gave it a scalar, or a list with values.
+            # Only ever set, never cleared: a facet query reads just the places a field's values are.
+            f"CREATE TABLE {self.kinds} (field INTEGER PRIMARY KEY, scalars INTEGER NOT NULL,"
+            " lists INTEGER NOT NULL)",
         ]
         statements += [
             f"CREATE INDEX {self.docs}_{c} ON {self.docs} ({c})" for c in self.sort_column.values()
@@ -214,28 +299,83 @@ class _Generation:
         return statements
 
     def drop(self) -> list[str]:
-        return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.docs)]
+        return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.kinds, self.docs)]
 
-    def rows(
-        self, rowid: int, doc_id: str, body: bytes, doc: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]]:
-        """The docs, FTS and attribute rows of one document."""
-        sorts = tuple(_sort_value(doc.get(f)) for f in self.definition.sortable)
-        texts = tuple(_text(doc.get(f)) for f in self.definition.searchable)
-        exact = tuple(exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts)
-        attrs = [(f, v, rowid) for f in self.definition.filterable for v in _values(doc.get(f))]
-        return (rowid, doc_id, body, *sorts, *exact), (rowid, *texts), attrs
+    def decode(self, body: bytes | msgspec.Raw) -> tuple[str, Any]:
+        """(document id, the indexed fields) of one stored or queued document."""
+        doc: Any = self.decoder.decode(body)
+        pk = doc.v0
+        if pk is _MISSING:  # queued before the primary key changed
+            raise ValueError(f"a document has no {self.definition.primary_key!r}, the index's primary key")
+        return (pk if type(pk) is str else str(pk)), doc
 
-    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, bytes, dict[str, Any]]]) -> None:
-        doc_rows, fts_rows, attr_rows = [], [], []
+    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, Any, Any]]) -> None:
+        """Insert (rowid, doc id, JSON body, decoded fields) rows: documents, FTS and list values.
+
+        A filterable scalar goes into the field's typed column; each value of a list goes into the
+        attributes table (the column stays NULL), so most documents need no attribute rows at all.
+        Rows are built a chunk at a time, each chunk's statements handed to the database thread
+        before the next is built, so building (Python) and inserting (SQLite) overlap.
+        """
+        scalars: set[int] = set()
+        lists: set[int] = set()
+        pending: list[asyncio.Future[None]] = []
+        try:
+            for start in range(0, len(docs), _WRITE_CHUNK):
+                doc_rows, fts_rows, attr_rows = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
+                # Scheduled in order, they queue their statements in order on the database thread.
+                pending.append(asyncio.ensure_future(tx.executemany(self.insert_doc, doc_rows)))
+                pending.append(asyncio.ensure_future(tx.executemany(self.insert_fts, fts_rows)))
+                if attr_rows:
+                    pending.append(asyncio.ensure_future(tx.executemany(self.insert_attr, attr_rows)))
+                await asyncio.sleep(0)  # let them submit their statements
+            await asyncio.gather(*pending)
+        except BaseException:
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        if scalars or lists:
+            await tx.executemany(
+                f"INSERT INTO {self.kinds} (field, scalars, lists) VALUES (?, ?, ?) ON CONFLICT (field)"
+                " DO UPDATE SET scalars = max(scalars, excluded.scalars), lists = max(lists, excluded.lists)",
+                [(n, int(n in scalars), int(n in lists)) for n in sorted(scalars | lists)],
+            )
+
+    def _rows(
+        self, docs: Sequence[tuple[int, str, Any, Any]], scalars: set[int], lists: set[int]
+    ) -> tuple[list[list[Any]], list[tuple[Any, ...]], list[tuple[int, Any, int]]]:
+        """The docs, FTS and attribute rows of ``docs``; notes which fields got scalars and lists."""
+        doc_rows: list[list[Any]] = []
+        fts_rows: list[tuple[Any, ...]] = []
+        attr_rows: list[tuple[int, Any, int]] = []
+        _, text_at, filter_at, sort_at = self._reading
+        astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
-            d, f, a = self.rows(rowid, doc_id, body, doc)
-            doc_rows.append(d)
-            fts_rows.append(f)
-            attr_rows.extend(a)
-        await tx.executemany(self.insert_doc, doc_rows)
-        await tx.executemany(self.insert_fts, fts_rows)
-        await tx.executemany(self.insert_attr, attr_rows)
+            values = astuple(doc)
+            texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]
+            row: list[Any] = [rowid, doc_id]
+            for at, number in filter_at:
+                value = values[at]
+                if type(value) is list:
+                    row.append(None)
+                    before = len(attr_rows)
+                    for item in value:
+                        if type(item) is str:
+                            attr_rows.append((number, item, rowid))
+                        elif isinstance(item, _SCALARS):
+                            attr_rows.append((number, _scalar(item), rowid))
+                    if len(attr_rows) > before:
+                        lists.add(number)
+                else:
+                    value = _scalar(value)
+                    row.append(value)
+                    if value is not None:
+                        scalars.add(number)
+            row += [_sort_value(values[i]) for i in sort_at]
+            row += [exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts]
+            row.append(body)
+            doc_rows.append(row)
+            fts_rows.append((rowid, *texts))
+        return doc_rows, fts_rows, attr_rows
 
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
         for start in range(0, len(rowids), 500):
@@ -251,24 +391,42 @@ class SqliteFtsEngine:
     backend = "sqlite-fts5"
     mode: Literal["embedded", "server"] = "embedded"
 
-    def __init__(self, path: Path | str, readers: int = 2, worker: bool = True) -> None:
-        """``worker=False`` runs no background indexer: the caller applies tasks with :meth:`drain`."""
+    def __init__(
+        self, path: Path | str, readers: int = 2, worker: bool = True, inline_steps: int = 1000
+    ) -> None:
+        """``worker=False`` runs no background indexer: the caller applies tasks with :meth:`drain`.
+        ``inline_steps``: SQLite VM steps between two checks of a search's inline time budget."""
         self.db = Database(path, readers=readers)
+        path = Path(path)
+        self.queue = Database(path.with_name(f"{path.stem}-queue{path.suffix}"), readers=1)
         self._run_worker = worker
         # (tenant, index) -> (expires, generation, index): spares searches a registry read. An entry
         # made stale by another process is harmless: its tables are gone, the search looks again.
-        self._registry: dict[tuple[str, str], tuple[float, int, IndexInfo]] = {}
+        self._registry: dict[tuple[str, str], tuple[float, _Generation, IndexInfo]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._worker: asyncio.Task[None] | None = None
+        self._inline: sqlite3.Connection | None = None
+        self._inline_deadline = 0.0
+        self.inline_budget = INLINE_BUDGET_S
+        self._inline_steps = inline_steps
+        self.moved_to_readers = 0  # searches that ran out of their inline budget
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate(_MIGRATIONS)
-        # A batch is applied and marked done in one transaction: after a crash its tasks are still
-        # "enqueued", and the worker picks them up again here.
+        await self.queue.open()
+        await self.queue.migrate(_QUEUE_MIGRATIONS)
+        await self._move_old_queue()
+        await self._upgrade_layouts()
+        self._inline = sqlite3.connect(self.db.path, isolation_level=None, check_same_thread=False)
+        self._inline.row_factory = sqlite3.Row
+        self._inline.execute("PRAGMA query_only=ON")
+        self._inline.execute("PRAGMA busy_timeout=250")
+        self._inline.set_progress_handler(self._out_of_time, self._inline_steps)
+        # After a crash, the tasks of a batch not marked done are still "enqueued": applied again here.
         if self._run_worker:
             self._worker = asyncio.create_task(self._work(), name="search-indexer")
 
@@ -278,13 +436,18 @@ class SqliteFtsEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+        await self.queue.close()
         await self.db.close()
 
     async def health(self) -> BackendStatus:
         try:
-            row = await self.db.fetchone(
+            row = await self.queue.fetchone(
                 "SELECT sqlite_version() AS v, (SELECT count(*) FROM tasks WHERE status = 'enqueued') AS q"
             )
+            await self.db.fetchone("SELECT 1 FROM indexes LIMIT 1")
         except (RuntimeError, sqlite3.Error) as exc:
             return BackendStatus(
                 name="search",
@@ -325,20 +488,43 @@ class SqliteFtsEngine:
             new = await self._create_generation(tx, definition)
             if row is None:
                 await tx.execute(
-                    "INSERT INTO indexes (tenant_id, name, generation, definition, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (tenant, name, new.number, msgspec.json.encode(definition), now, now),
+                    "INSERT INTO indexes (tenant_id, name, generation, definition, created_at, updated_at, layout)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tenant, name, new.number, msgspec.json.encode(definition), now, now, LAYOUT),
                 )
                 return _info(name, definition, now, now), True
-            old = _Generation(row["generation"], _DEF_DECODER.decode(row["definition"]))
-            await _copy(tx, old, new)
-            for statement in old.drop():
-                await tx.execute(statement)
+            await self._replace_generation(tx, tenant, name, row["generation"], new)
             await tx.execute(
-                "UPDATE indexes SET generation = ?, definition = ?, updated_at = ? WHERE tenant_id = ? AND name = ?",
-                (new.number, msgspec.json.encode(definition), now, tenant, name),
+                "UPDATE indexes SET updated_at = ? WHERE tenant_id = ? AND name = ?", (now, tenant, name)
             )
             return _info(name, definition, row["created_at"], now), False
+
+    async def _replace_generation(
+        self, tx: Tx, tenant: str, name: str, number: int, new: _Generation
+    ) -> None:
+        """Fill ``new`` from generation ``number`` of the index, drop that one, point the index at ``new``."""
+        old = _Generation(number, new.definition)  # only its table names and stored bodies are read
+        await _copy(tx, old, new)
+        for statement in old.drop():
+            await tx.execute(statement)
+        await tx.execute(
+            "UPDATE indexes SET generation = ?, definition = ?, layout = ? WHERE tenant_id = ? AND name = ?",
+            (new.number, msgspec.json.encode(new.definition), LAYOUT, tenant, name),
+        )
+
+    async def _upgrade_layouts(self) -> None:
+        """Rebuild the indexes an older version laid out differently, from their stored documents."""
+        while True:
+            async with self.db.transaction() as tx:
+                row = await tx.fetchone(
+                    "SELECT tenant_id, name, generation, definition FROM indexes WHERE layout < ? LIMIT 1",
+                    (LAYOUT,),
+                )
+                if row is None:
+                    return
+                new = await self._create_generation(tx, _DEF_DECODER.decode(row["definition"]))
+                await self._replace_generation(tx, row["tenant_id"], row["name"], row["generation"], new)
+            log.info("search: rebuilt index %s/%s in the current table layout", row["tenant_id"], row["name"])
 
     async def _create_generation(self, tx: Tx, definition: IndexDefinition) -> _Generation:
         await tx.execute("INSERT INTO generations (created_at) VALUES (?)", (time.time(),))
@@ -359,7 +545,7 @@ class SqliteFtsEngine:
             if found is None:
                 return None
             try:
-                rows = await self._read(f"SELECT count(*) AS n FROM ix{found[0]}_docs", ())
+                rows = await self._read(f"SELECT count(*) AS n FROM {found[0].docs}", ())
             except _Reindexed:
                 continue
             return msgspec.structs.replace(found[1], documents=int(rows[0]["n"]))
@@ -376,6 +562,11 @@ class SqliteFtsEngine:
         async with self.db.transaction() as tx:
             deleted = await self._drop_index(tx, tenant, name)
         if deleted:
+            await self.queue.execute(
+                "UPDATE tasks SET status = 'failed', error = 'the index was deleted', payload = NULL,"
+                " finished_at = ? WHERE tenant_id = ? AND index_name = ? AND status = 'enqueued'",
+                (time.time(), tenant, name),
+            )
             await self._notify()
         return deleted
 
@@ -389,18 +580,13 @@ class SqliteFtsEngine:
         for statement in _Generation(row["generation"], _DEF_DECODER.decode(row["definition"])).drop():
             await tx.execute(statement)
         await tx.execute("DELETE FROM indexes WHERE tenant_id = ? AND name = ?", (tenant, name))
-        await tx.execute(
-            "UPDATE tasks SET status = 'failed', error = 'the index was deleted', payload = NULL,"
-            " finished_at = ? WHERE tenant_id = ? AND index_name = ? AND status = 'enqueued'",
-            (time.time(), tenant, name),
-        )
         return True
 
     async def purge_tenant(self, tenant: str) -> None:
         async with self.db.transaction() as tx:
             for row in await tx.fetchall("SELECT name FROM indexes WHERE tenant_id = ?", (tenant,)):
                 await self._drop_index(tx, tenant, row["name"])
-            await tx.execute("DELETE FROM tasks WHERE tenant_id = ?", (tenant,))
+        await self.queue.execute("DELETE FROM tasks WHERE tenant_id = ?", (tenant,))
         await self._notify()
 
     # --- tasks ----------------------------------------------------------------------------------
@@ -409,6 +595,10 @@ class SqliteFtsEngine:
         return await self._enqueue(
             tenant, index.name, "documents.upsert", len(documents), msgspec.json.encode(documents)
         )
+
+    async def upsert_json(self, tenant: str, index: IndexInfo, payload: bytes, count: int) -> Task:
+        """Queue the JSON array as received: the worker stores each document's own bytes."""
+        return await self._enqueue(tenant, index.name, "documents.upsert", count, payload)
 
     async def delete_document(self, tenant: str, index: IndexInfo, doc_id: str) -> Task:
         return await self._enqueue(tenant, index.name, "documents.delete", 1, msgspec.json.encode([doc_id]))
@@ -422,7 +612,7 @@ class SqliteFtsEngine:
             documents=count,
             enqueued_at=time.time(),
         )
-        await self.db.execute(
+        await self.queue.execute(
             "INSERT INTO tasks (id, tenant_id, index_name, kind, status, documents, payload, enqueued_at)"
             " VALUES (?, ?, ?, ?, 'enqueued', ?, ?, ?)",
             (task.task_id, tenant, index, kind, count, payload, task.enqueued_at),
@@ -431,7 +621,7 @@ class SqliteFtsEngine:
         return task
 
     async def task(self, tenant: str, index: str, task_id: str) -> Task | None:
-        row = await self.db.fetchone(
+        row = await self.queue.fetchone(
             "SELECT id, index_name, kind, status, documents, error, enqueued_at, started_at, finished_at"
             " FROM tasks WHERE id = ? AND tenant_id = ? AND index_name = ?",
             (task_id, tenant, index),
@@ -467,31 +657,16 @@ class SqliteFtsEngine:
 
     async def drain(self) -> int:
         """Apply the queued tasks of the oldest queued index, in one transaction; returns how many."""
-        head = await self.db.fetchone(
+        head = await self.queue.fetchone(
             "SELECT tenant_id, index_name FROM tasks WHERE status = 'enqueued' ORDER BY seq LIMIT 1"
         )
         if head is None:
             return 0
         tenant, index = head["tenant_id"], head["index_name"]
-        try:
-            async with self.db.transaction() as tx:
-                count = await self._apply(tx, tenant, index, BATCH_TASKS)
-        except Exception:
-            # One bad task must not sink the batch (nor block the queue): apply the head task alone,
-            # and if it fails, record why and move on.
-            log.warning("search: a batch of %s/%s failed; retrying its first task alone", tenant, index)
-            async with self.db.transaction() as tx:
-                count = await self._apply(tx, tenant, index, 1, fail_on_error=True)
-        await self._notify()
-        return count
-
-    async def _apply(
-        self, tx: Tx, tenant: str, index: str, max_tasks: int, fail_on_error: bool = False
-    ) -> int:
-        rows = await tx.fetchall(
+        rows = await self.queue.fetchall(
             "SELECT seq, kind, documents, payload FROM tasks WHERE tenant_id = ? AND index_name = ?"
             " AND status = 'enqueued' ORDER BY seq LIMIT ?",
-            (tenant, index, max_tasks),
+            (tenant, index, BATCH_TASKS),
         )
         batch: list[Row] = []
         total = 0
@@ -501,22 +676,64 @@ class SqliteFtsEngine:
             batch.append(row)
             total += row["documents"]
         started = time.time()
+        try:
+            outcome = await self._apply(tenant, index, batch)
+        except Exception:
+            # One bad task must not sink the batch (nor block the queue): apply the head task alone,
+            # and if it fails, record why and move on.
+            log.warning("search: a batch of %s/%s failed; retrying its first task alone", tenant, index)
+            batch = batch[:1]
+            outcome = await self._apply(tenant, index, batch, guarded=True)
+        if outcome is _TAKEN:
+            return 0
         seqs = [r["seq"] for r in batch]
-        generation = await _current_generation(tx, tenant, index)
-        error = None
-        if generation is None:
-            error = "the index was deleted"
-        else:
-            error = await self._apply_guarded(tx, generation, batch) if fail_on_error else None
-            if not fail_on_error:
-                await _apply_tasks(tx, generation, batch)
         marks = ", ".join("?" for _ in seqs)
-        await tx.execute(
+        await self.queue.execute(
             f"UPDATE tasks SET status = ?, error = ?, payload = NULL, started_at = ?, finished_at = ?"
-            f" WHERE seq IN ({marks})",
-            ("failed" if error else "succeeded", error, started, time.time(), *seqs),
+            f" WHERE seq IN ({marks}) AND status = 'enqueued'",
+            ("failed" if outcome else "succeeded", outcome, started, time.time(), *seqs),
         )
+        await self._notify()
         return len(seqs)
+
+    async def _apply(self, tenant: str, index: str, batch: list[Row], guarded: bool = False) -> str | None:
+        """Apply the batch in one index transaction; the error (with ``guarded``), or ``_TAKEN`` when
+        another process applied it meanwhile (its tasks are no longer queued)."""
+        seqs = [r["seq"] for r in batch]
+        marks = ", ".join("?" for _ in seqs)
+        async with self.db.transaction() as tx:
+            # Checked under the index write lock: another worker marks a batch done only after its
+            # index commit, so a batch still queued here was not applied, or was applied unchanged.
+            queued = await self.queue.fetchone(
+                f"SELECT count(*) AS n FROM tasks WHERE seq IN ({marks}) AND status = 'enqueued'", seqs
+            )
+            if queued is None or queued["n"] < len(seqs):
+                return _TAKEN
+            generation = await _current_generation(tx, tenant, index)
+            if generation is None:
+                return "the index was deleted"
+            if guarded:
+                return await self._apply_guarded(tx, generation, batch)
+            await _apply_tasks(tx, generation, batch)
+            return None
+
+    async def _move_old_queue(self) -> None:
+        """Version 1 kept the tasks in search.db: move them to the queue file, then drop the table."""
+        old = await self.db.fetchone(
+            "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
+        )
+        if old is None:
+            return
+        rows = await self.db.fetchall(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY seq")
+        if rows:
+            marks = ", ".join("?" for _ in _TASK_COLUMNS.split(","))
+            async with self.queue.transaction() as tx:
+                await tx.executemany(
+                    f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES ({marks})",
+                    [tuple(r) for r in rows],
+                )
+        async with self.db.transaction() as tx:
+            await tx.execute("DROP TABLE tasks")
 
     async def _apply_guarded(self, tx: Tx, generation: _Generation, batch: list[Row]) -> str | None:
         """Apply inside a savepoint: on failure undo the partial writes and return the reason."""
@@ -544,8 +761,11 @@ class SqliteFtsEngine:
             except _Reindexed:
                 raise ServiceUnavailable("the index was re-indexed during the search: retry") from None
         facets: dict[str, dict[str, int]] = {f: {} for f in query.facets}
-        for facet in facet_rows:
-            facets[facet["field"]][_facet_key(facet["value"])] = facet["n"]
+        names = plan.g.definition.filterable
+        for number, value, n in facet_rows:
+            counts = facets[names[number]]
+            key = _facet_key(value)
+            counts[key] = counts.get(key, 0) + n
         return SearchResult(
             hits=[plan.hit(h) for h in hits],
             total=int(total[0]["n"]),
@@ -557,15 +777,19 @@ class SqliteFtsEngine:
         found = await self._lookup(tenant, name)
         if found is None:
             raise NotFound(f"index {name!r} does not exist")
-        plan = _Plan(_Generation(found[0], found[1].definition), query)
-        if any(key.field not in plan.g.sort_column for key in query.sort):
+        generation = found[0]
+        if not _covers(generation, query):
             raise _Reindexed
-        # Hits, exact count and facets are independent reads: run them side by side on the readers.
-        statements = [plan.hits(), plan.count(), *([plan.facets()] if query.facets else [])]
-        results = await asyncio.gather(*(self._read(*s) for s in statements))
-        return plan, (results[0], results[1], results[2] if query.facets else [])
+        plan = _Plan(generation, query)
+        results = self._read_inline(plan)
+        if results is None:
+            # Hits, exact count and facets are independent reads: run them side by side on the readers.
+            kinds = await self._read(*plan.kinds()) if query.facets else []
+            statements = plan.statements(kinds)
+            results = list(await asyncio.gather(*(self._read(*s) for s in statements)))
+        return plan, (results[0], results[1], results[2] if len(results) > 2 else [])
 
-    async def _lookup(self, tenant: str, name: str) -> tuple[int, IndexInfo] | None:
+    async def _lookup(self, tenant: str, name: str) -> tuple[_Generation, IndexInfo] | None:
         """(generation, index) from a cache that lives a couple of seconds, else the registry."""
         cached = self._registry.get((tenant, name))
         if cached is not None and cached[0] > time.monotonic():
@@ -575,11 +799,44 @@ class SqliteFtsEngine:
             self._forget(tenant, name)
             return None
         info = _row_info(row)
-        self._registry[(tenant, name)] = (time.monotonic() + _REGISTRY_TTL_S, int(row["generation"]), info)
-        return int(row["generation"]), info
+        generation = _Generation(int(row["generation"]), info.definition)
+        self._registry[(tenant, name)] = (time.monotonic() + _REGISTRY_TTL_S, generation, info)
+        return generation, info
 
     def _forget(self, tenant: str, name: str) -> None:
         self._registry.pop((tenant, name), None)
+
+    def _read_inline(self, plan: _Plan) -> list[list[Row]] | None:
+        """Run a search's statements on the event-loop thread, in one read transaction, if they finish
+        within ``inline_budget`` seconds; ``None`` when they do not (the caller then uses the reader threads).
+
+        Most searches take well under a millisecond, less than handing three statements to reader
+        threads and back; a search over many matches is interrupted early, so it never stalls the loop.
+        """
+        conn = self._inline
+        if conn is None:
+            raise RuntimeError("the search engine is not started")
+        self._inline_deadline = time.perf_counter() + self.inline_budget
+        try:
+            conn.execute("BEGIN")
+            kinds = conn.execute(*plan.kinds()).fetchall() if plan.query.facets else []
+            results = [conn.execute(sql, params).fetchall() for sql, params in plan.statements(kinds)]
+            conn.execute("COMMIT")
+            return results
+        except sqlite3.Error as exc:
+            self._inline_deadline = math.inf  # the ROLLBACK must not be interrupted in turn
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if "interrupted" in str(exc):
+                self.moved_to_readers += 1
+                return None
+            if "no such table" in str(exc):
+                raise _Reindexed from None
+            raise
+
+    def _out_of_time(self) -> int:
+        """SQLite's progress handler on the inline connection: non-zero interrupts the statement."""
+        return 1 if time.perf_counter() > self._inline_deadline else 0
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Row]:
         try:
@@ -588,6 +845,17 @@ class SqliteFtsEngine:
             if "no such table" in str(exc):
                 raise _Reindexed from None
             raise
+
+
+def _covers(generation: _Generation, query: SearchQuery) -> bool:
+    """Whether the generation declares every field the (validated, maybe against newer settings) query uses."""
+    filtered = fields_of(query.filter) if query.filter is not None else ()
+    return all(f in generation.fields for f in (*query.facets, *filtered)) and all(
+        key.field in generation.sort_column for key in query.sort
+    )
+
+
+_TAKEN = "(applied by another process)"  # a sentinel, compared by identity
 
 
 class _Reindexed(Exception):
@@ -610,7 +878,7 @@ class _Plan:
         filter_sql = ""
         if query.filter:
             filter_sql = to_sql(
-                query.filter, "d.rowid", generation.attrs, params, correlated=bool(self.match)
+                query.filter, "d", generation.fields, generation.attrs, params, correlated=bool(self.match)
             )
         self.filter_sql, self.filter_params = filter_sql, params
 
@@ -668,21 +936,72 @@ class _Plan:
         source, params = self._from()
         return f"SELECT count(*) AS n {source}", params
 
-    def facets(self) -> tuple[str, list[Any]]:
+    def statements(self, kinds: Sequence[Row]) -> list[tuple[str, list[Any]]]:
+        """Hits, exact count, and the facet counts when asked for and there are any."""
+        facets = self.facets(kinds) if self.query.facets else None
+        return [self.hits(), self.count(), *([facets] if facets else [])]
+
+    def kinds(self) -> tuple[str, list[Any]]:
+        """Which of the facet fields hold scalars, lists or both (read before :meth:`facets`)."""
+        numbers = [self.g.fields[f].number for f in self.query.facets]
+        marks = ", ".join("?" for _ in numbers)
+        return f"SELECT field, scalars, lists FROM {self.g.kinds} WHERE field IN ({marks})", numbers
+
+    def facets(self, kinds: Sequence[Row]) -> tuple[str, list[Any]] | None:
+        """Value counts per facet field: its typed column where it holds a scalar, plus the
+        attribute rows of the documents where it holds a list (the column is NULL there).
+        ``kinds`` (from :meth:`kinds`) says which of the two each field needs; ``None``: no values."""
         g = self.g
-        fields = list(self.query.facets)
-        marks = ", ".join("?" for _ in fields)
+        has = {row[0]: (row[1], row[2]) for row in kinds}
+        wanted = [(g.fields[f], i, *has[g.fields[f].number]) for i, f in enumerate(self.query.facets)
+                  if g.fields[f].number in has]  # fmt: skip
+        if not wanted:
+            return None
+        parts: list[str] = []
         if not (self.match or self.filter_sql):
-            sql = f"SELECT field, value, count(*) AS n FROM {g.attrs} WHERE field IN ({marks}) GROUP BY field, value"
-            return sql, fields
-        # Walk the matching documents and probe their values (CROSS JOIN fixes that order), rather
-        # than scan every value of the field and test each for membership.
+            for field, _, scalars, lists in wanted:
+                if scalars:
+                    parts.append(
+                        f"SELECT {field.number:d} AS field, {field.column} AS value, count(*) AS n FROM {g.docs}"
+                        f" WHERE {field.column} IS NOT NULL GROUP BY {field.column}"
+                    )
+                if lists:
+                    parts.append(
+                        f"SELECT {field.number:d}, value, count(*) FROM {g.attrs} WHERE field = {field.number:d}"
+                        " GROUP BY value"
+                    )
+            return " UNION ALL ".join(parts), []
         source, params = self._from()
-        sql = (
-            f"SELECT a.field AS field, a.value AS value, count(*) AS n FROM (SELECT d.rowid AS doc {source}) m"
-            f" CROSS JOIN {g.attrs} a ON a.doc = m.doc AND a.field IN ({marks}) GROUP BY a.field, a.value"
-        )
-        return sql, [*params, *fields]
+        if len(wanted) == 1 and not (wanted[0][2] and wanted[0][3]):
+            # One pass over the matching documents: the usual case (one facet, of one kind).
+            field, _, scalars, _ = wanted[0]
+            if scalars:
+                sql = (
+                    f"SELECT {field.number:d} AS field, v AS value, count(*) AS n FROM"
+                    f" (SELECT d.{field.column} AS v {source}) WHERE v IS NOT NULL GROUP BY v"
+                )
+            else:  # CROSS JOIN fixes the order: probe each matching document's values
+                sql = (
+                    f"SELECT {field.number:d} AS field, a.value AS value, count(*) AS n FROM"
+                    f" (SELECT d.rowid AS doc {source}) m CROSS JOIN {g.attrs} a"
+                    f" ON a.doc = m.doc AND a.field = {field.number:d} GROUP BY a.value"
+                )
+            return sql, params
+        # Several facets (or one of both kinds): find the matching documents once, then count.
+        picked = "".join(f", d.{field.column} AS v{i}" for field, i, _, _ in wanted)
+        for field, i, scalars, lists in wanted:
+            if scalars:
+                parts.append(
+                    f"SELECT {field.number:d} AS field, v{i} AS value, count(*) AS n FROM m"
+                    f" WHERE v{i} IS NOT NULL GROUP BY v{i}"
+                )
+            if lists:
+                parts.append(
+                    f"SELECT {field.number:d}, a.value, count(*) FROM m CROSS JOIN {g.attrs} a"
+                    f" ON a.doc = m.doc AND a.field = {field.number:d} WHERE m.v{i} IS NULL GROUP BY a.value"
+                )
+        sql = f"WITH m AS MATERIALIZED (SELECT d.rowid AS doc{picked} {source}) {' UNION ALL '.join(parts)}"
+        return sql, params
 
     def hit(self, row: Row) -> dict[str, Any]:
         hit: dict[str, Any] = msgspec.json.decode(row["body"])
@@ -708,22 +1027,22 @@ async def _current_generation(tx: Tx, tenant: str, index: str) -> _Generation | 
 
 
 async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) -> None:
-    """Apply upserts and deletes in queue order; within the batch the last write of an id wins."""
-    latest: dict[str, dict[str, Any] | None] = {}
-    pk = generation.definition.primary_key
+    """Apply upserts and deletes in queue order; within the batch the last write of an id wins.
+
+    A queued payload is the JSON array as received: each document is stored as its own bytes (no
+    re-encoding) and decoded only into the fields the index reads.
+    """
+    latest: dict[str, tuple[msgspec.Raw, Any] | None] = {}
     for task in tasks:
-        doc: dict[str, Any] | None
         if task["kind"] == "documents.delete":
             for doc_id in _IDS_DECODER.decode(task["payload"]):
                 latest.pop(doc_id, None)
                 latest[doc_id] = None
         else:
-            for doc in _DOCS_DECODER.decode(task["payload"]):
-                if pk not in doc:  # queued before the primary key changed
-                    raise ValueError(f"a document has no {pk!r}, the index's primary key")
-                doc_id = str(doc[pk])
+            for raw in _RAW_DOCS_DECODER.decode(task["payload"]):
+                doc_id, doc = generation.decode(raw)
                 latest.pop(doc_id, None)  # re-inserting keeps the dict in last-write order
-                latest[doc_id] = doc
+                latest[doc_id] = (raw, doc)
     ids = list(latest)
     existing: dict[str, int] = {}
     for start in range(0, len(ids), 500):
@@ -733,19 +1052,20 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
             f"SELECT rowid, doc_id FROM {generation.docs} WHERE doc_id IN ({marks})", chunk
         ):
             existing[row["doc_id"]] = row["rowid"]
-    await generation.remove(tx, list(existing.values()))
+    if existing:
+        await generation.remove(tx, list(existing.values()))
     next_row = await tx.fetchone(f"SELECT coalesce(max(rowid), 0) AS n FROM {generation.docs}")
     assert next_row is not None
     fresh = int(next_row["n"])
     rows = []
-    for doc_id, doc in latest.items():
-        if doc is None:
+    for doc_id, found in latest.items():
+        if found is None:
             continue
         rowid = existing.get(doc_id)
         if rowid is None:
             fresh += 1
             rowid = fresh
-        rows.append((rowid, doc_id, msgspec.json.encode(doc), doc))
+        rows.append((rowid, doc_id, found[0], found[1]))  # sqlite3 binds a Raw as a BLOB, uncopied
     await generation.write(tx, rows)
 
 
@@ -759,7 +1079,7 @@ async def _copy(tx: Tx, old: _Generation, new: _Generation) -> None:
         if not rows:
             return
         await new.write(
-            tx, [(r["rowid"], r["doc_id"], r["body"], msgspec.json.decode(r["body"])) for r in rows]
+            tx, [(r["rowid"], r["doc_id"], r["body"], new.decoder.decode(r["body"])) for r in rows]
         )
         last = rows[-1]["rowid"]
 

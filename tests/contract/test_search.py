@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -411,6 +412,35 @@ async def test_an_indexer_creates_its_index_per_tenant(search: SearchService) ->
     assert ids(await search.search("acme", "objects", SearchRequest(q="reports"))) == []
 
 
+async def test_a_field_holding_scalars_and_lists_filters_and_facets_as_one(search: SearchService) -> None:
+    await search.put_index("acme", "mixed", IndexDefinition(searchable=["t"], filterable=["tag", "n"]))
+    docs: list[dict[str, Any]] = [
+        {"id": "d1", "t": "x", "tag": "red", "n": 1},
+        {"id": "d2", "t": "x", "tag": ["red", "blue"], "n": [2, 3]},
+        {"id": "d3", "t": "x", "tag": ["blue"], "n": 5},
+        {"id": "d4", "t": "x", "tag": None, "n": []},
+        {"id": "d5", "t": "x"},
+    ]
+    assert (await search.add_documents("acme", "mixed", docs, wait=True)).status == "succeeded"
+
+    async def matching(filter_: dict[str, Any]) -> set[str]:
+        for q in ("x", ""):  # filtering after full-text matching, and the filter alone
+            found = set(ids(await search.search("acme", "mixed", SearchRequest(q=q, filter=filter_))))
+        assert found == set(ids(await search.search("acme", "mixed", SearchRequest(q="x", filter=filter_))))
+        return found
+
+    assert await matching({"term": {"tag": "red"}}) == {"d1", "d2"}
+    assert await matching({"terms": {"tag": ["blue", "green"]}}) == {"d2", "d3"}
+    assert await matching({"range": {"n": {"gte": 3}}}) == {"d2", "d3"}
+    assert await matching({"exists": {"field": "n"}}) == {"d1", "d2", "d3"}
+    assert await matching({"bool": {"must_not": [{"term": {"tag": "red"}}]}}) == {"d3", "d4", "d5"}
+    assert await matching({"bool": {"should": [{"term": {"tag": "blue"}}, {"term": {"n": 1}}],
+                                     "minimum_should_match": 1}}) == {"d1", "d2", "d3"}  # fmt: skip
+    for q in ("x", ""):
+        facets = (await search.search("acme", "mixed", SearchRequest(q=q, facets=["tag", "n"]))).facets
+        assert facets == {"tag": {"red": 2, "blue": 2}, "n": {"1": 1, "2": 1, "3": 1, "5": 1}}, q
+
+
 # --- tenants -------------------------------------------------------------------------------------
 
 
@@ -493,3 +523,94 @@ async def test_sqlite_fts_queued_tasks_survive_a_restart(tmp_path: Path) -> None
 
 def ids_of(result: SearchResult) -> list[Any]:
     return [hit["id"] for hit in result.hits]
+
+
+async def test_sqlite_fts_a_search_over_its_inline_budget_moves_to_the_readers(tmp_path: Path) -> None:
+    engine = SqliteFtsEngine(tmp_path / "search.db", worker=False, inline_steps=1)
+    await engine.start()
+    try:
+        search = SearchService(engine)
+        await search.put_index("acme", "movies", DEFINITION)
+        await search.add_documents("acme", "movies", [dict(m) for m in MOVIES])
+        await engine.drain()
+        request = SearchRequest(
+            q="desert", filter={"range": {"year": {"gte": 1960}}}, facets=["genres"], limit=10
+        )
+        engine.inline_budget = 60.0  # (checking the clock at every step is slow: no deadline here)
+        inline = await search.search("acme", "movies", request)
+        assert engine.moved_to_readers == 0
+        engine.inline_budget = 0.0  # every statement is interrupted at once: the reader threads answer
+        moved = await search.search("acme", "movies", request)
+        assert engine.moved_to_readers == 1
+        assert ids(moved) == ids(inline) == ["m2", "m1", "m3"]
+        assert (moved.total, moved.facets) == (inline.total, inline.facets)
+        engine.inline_budget = 60.0
+        assert ids(await search.search("acme", "movies", request)) == ["m2", "m1", "m3"]  # still usable
+        assert engine.moved_to_readers == 1
+    finally:
+        await engine.close()
+
+
+async def test_sqlite_fts_rebuilds_an_index_of_the_older_layout_at_start(tmp_path: Path) -> None:
+    """Version 1 kept every filterable value as an attribute row; start() rebuilds such an index."""
+    path = tmp_path / "search.db"
+    old = SqliteFtsEngine(path, worker=False)
+    await old.start()
+    search = SearchService(old)
+    await search.put_index("acme", "movies", DEFINITION)
+    await search.add_documents("acme", "movies", [dict(m) for m in MOVIES])
+    await old.drain()
+    async with old.db.transaction() as tx:  # turn it into what version 1 left on disk
+        row = await tx.fetchone("SELECT generation FROM indexes")
+        assert row is not None
+        n = row["generation"]
+        await tx.execute(f"DROP TABLE ix{n}_attrs")
+        await tx.execute(f"CREATE TABLE ix{n}_attrs (field TEXT NOT NULL, value, doc INTEGER NOT NULL,"
+                         " PRIMARY KEY (field, value, doc)) WITHOUT ROWID")  # fmt: skip
+        await tx.execute(f"ALTER TABLE ix{n}_docs DROP COLUMN f0")
+        await tx.execute("UPDATE indexes SET layout = 1")
+    await old.close()
+    engine = SqliteFtsEngine(path, worker=False)
+    await engine.start()
+    try:
+        row = await engine.db.fetchone("SELECT generation, layout FROM indexes")
+        assert row is not None and row["layout"] == 2 and row["generation"] != n
+        found = await SearchService(engine).search(
+            "acme", "movies", SearchRequest(q="dune", filter={"term": {"genres": "scifi"}}, facets=["color"])
+        )
+        assert ids(found) == ["m1", "m2"] and found.facets == {"color": {"true": 2}}
+        assert (await engine.get_index("acme", "movies")).documents == len(MOVIES)  # type: ignore[union-attr]
+    finally:
+        await engine.close()
+
+
+async def test_sqlite_fts_moves_tasks_queued_by_the_older_version_to_the_queue_file(tmp_path: Path) -> None:
+    """Version 1 kept the task queue in search.db; start() moves it to search-queue.db, still queued."""
+    path = tmp_path / "search.db"
+    first = SqliteFtsEngine(path, worker=False)
+    await first.start()
+    await SearchService(first).put_index("acme", "notes", IndexDefinition(searchable=["text"]))
+    await first.close()
+    with sqlite3.connect(path) as conn:  # what version 1 left: a queued task in search.db
+        conn.execute(
+            "CREATE TABLE tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+            " tenant_id TEXT NOT NULL, index_name TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,"
+            " documents INTEGER NOT NULL, payload BLOB, error TEXT, enqueued_at REAL NOT NULL,"
+            " started_at REAL, finished_at REAL)"
+        )
+        conn.execute(
+            "INSERT INTO tasks (id, tenant_id, index_name, kind, status, documents, payload, enqueued_at)"
+            " VALUES ('task_old', 'acme', 'notes', 'documents.upsert', 'enqueued', 1, ?, 1.0)",
+            (b'[{"id": "n1", "text": "carried over"}]',),
+        )
+    engine = SqliteFtsEngine(path)
+    await engine.start()
+    try:
+        done = await engine.wait("acme", "notes", "task_old", 10)
+        assert done is not None and done.status == "succeeded"
+        assert ids_of(await SearchService(engine).search("acme", "notes", SearchRequest(q="carried"))) == [
+            "n1"
+        ]
+        assert await engine.db.fetchone("SELECT name FROM sqlite_master WHERE name = 'tasks'") is None
+    finally:
+        await engine.close()
