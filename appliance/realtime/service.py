@@ -45,7 +45,7 @@ from appliance.realtime import (
     valid_channel,
 )
 from appliance.realtime.tokens import TokenSigner
-from appliance.realtime.transport import DIRECT_EXTENSION, FrameSink, text_frame
+from appliance.realtime.transport import CLOSED, DIRECT_EXTENSION, PAUSED, WRITTEN, FrameSink, text_frame
 
 __all__ = ["CloseCode", "Frame", "Hub", "LiveConnection", "Outgoing", "build_hub", "physical_channel"]
 
@@ -112,28 +112,22 @@ _decode_command = msgspec.json.Decoder(_Command).decode
 class Outgoing:
     """One server frame, encoded once however many connections it goes to.
 
-    ``payload`` is the frame's JSON; ``wire`` the complete WebSocket frame for direct writes and
-    ``text`` the string for ASGI sends and SSE, each made on first use.
+    ``payload`` is the frame's JSON, ``wire`` the complete WebSocket frame for direct writes, and
+    ``text`` the string for ASGI sends and SSE (made on first use).
     """
 
-    __slots__ = ("_text", "_wire", "payload")
+    __slots__ = ("_text", "payload", "wire")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
+        self.wire = text_frame(payload)
         self._text: str | None = None
-        self._wire: bytes | None = None
 
     @property
     def text(self) -> str:
         if self._text is None:
             self._text = self.payload.decode()
         return self._text
-
-    @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = text_frame(self.payload)
-        return self._wire
 
 
 def _frame(channel: str | None, event: str, data: Any) -> Outgoing:
@@ -193,8 +187,10 @@ class LiveConnection:
         if self.closing is not None:
             return False
         sink = self._sink
-        if sink is not None and not self._pending and not sink.paused():
-            return sink.write_frame(frame.wire)
+        if sink is not None and not self._pending:
+            outcome = sink.write_frame(frame.wire)
+            if outcome != PAUSED:
+                return outcome == WRITTEN
         pending = self._pending
         if pending is None:
             pending = self._pending = deque()
@@ -211,8 +207,12 @@ class LiveConnection:
         pending, sink = self._pending, self._sink
         if sink is None or not pending or self.closing is not None:
             return
-        while pending and not sink.paused():
-            if not sink.write_frame(pending.popleft().wire):
+        while pending:
+            outcome = sink.write_frame(pending[0].wire)
+            if outcome == PAUSED:
+                return
+            pending.popleft()
+            if outcome == CLOSED:
                 pending.clear()
 
     def kick(self, code: int, reason: str) -> None:

@@ -19,16 +19,25 @@ connection that negotiated compression.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
 
-__all__ = ["DIRECT_EXTENSION", "DirectWebSocketsProtocol", "FrameSink", "text_frame"]
+__all__ = [
+    "CLOSED",
+    "DIRECT_EXTENSION",
+    "PAUSED",
+    "WRITTEN",
+    "DirectWebSocketsProtocol",
+    "FrameSink",
+    "text_frame",
+]
 
 DIRECT_EXTENSION = "appliance.websocket.direct"
 
@@ -48,23 +57,94 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+WRITTEN, PAUSED, CLOSED = 1, 0, -1  # what FrameSink.write_frame did
+
+
 class FrameSink(Protocol):
     """What the hub needs from a connection that accepts pre-encoded frames."""
 
     on_resume: Callable[[], None] | None
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Write a complete frame now; ``False`` (nothing written) once the WebSocket is closing."""
+    def write_frame(self, frame: bytes) -> int:
+        """Write a complete frame now: :data:`WRITTEN`; or nothing, because the transport's buffer is
+        above its high-water mark (the peer reads too slowly: :data:`PAUSED`, ``on_resume`` is called
+        once it drained) or the WebSocket is closing (:data:`CLOSED`)."""
 
-    def paused(self) -> bool:
-        """Whether the transport's buffer is above its high-water mark (the peer reads too slowly)."""
+
+class _Inbox:
+    """The client messages waiting for the application: one reader, rarely more than one item.
+
+    Stands in for uvicorn's ``asyncio.Queue`` (three deques, about 2 KiB) with the three methods the
+    protocol uses.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Gate:
+    """uvicorn's ``writable`` flag without ``asyncio.Event``'s eager waiter deque."""
+
+    __slots__ = ("_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> None:
+        if self._open:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
 
 
 class DirectWebSocketsProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol, also a :class:`FrameSink` (see the module docstring)."""
+    """uvicorn's ``websockets-sansio`` protocol, also a :class:`FrameSink` (see the module docstring).
+
+    It also weighs less per connection: lighter receive queue and write flag, and the handshake's
+    headers dropped once it is done.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Gate()  # type: ignore[assignment]
         self.on_resume: Callable[[], None] | None = None
 
     def handle_connect(self, event: Request) -> None:
@@ -76,24 +156,25 @@ class DirectWebSocketsProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
-        if message["type"] == "websocket.accept" and self.handshake_complete:
-            # The handshake's request and response (their headers are most of what a connection
-            # weighs) are never read again; the ASGI scope keeps the request headers.
+        if message["type"] == "websocket.accept" and self.handshake_complete and self.request is not None:
+            # The handshake's request and response are never read again (the ASGI scope has its
+            # own copy of the headers). The request object lives on in the protocol's parser, so
+            # empty its headers, most of what it weighs.
+            self.request.headers.clear()
             self.request = self.response = None  # type: ignore[assignment]
 
-    def write_frame(self, frame: bytes) -> bool:
+    def write_frame(self, frame: bytes) -> int:
+        if not self.writable.is_set():
+            return PAUSED
         if (
             not self.handshake_complete
             or self.close_sent
             or self.disconnected
             or self.conn.state is not State.OPEN
         ):
-            return False
+            return CLOSED
         self.transport.write(frame)
-        return True
-
-    def paused(self) -> bool:
-        return not self.writable.is_set()
+        return WRITTEN
 
     def resume_writing(self) -> None:
         super().resume_writing()
