@@ -85,8 +85,7 @@ def run(host: str | None, port: int | None, data_dir: str | None, config_file: s
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=15,
-        ws_ping_interval=settings.realtime_ws_ping_interval_s,
-        ws_ping_timeout=settings.realtime_ws_ping_timeout_s,
+        ws_ping_interval=20,  # and uvicorn's default ping timeout: 20 s
         ws=DirectWebSocketsProtocol,  # writes a broadcast's frame, encoded once, to every socket
         ws_per_message_deflate=False,  # see docs/realtime.md "Scale"
     )

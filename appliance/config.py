@@ -82,8 +82,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     realtime_heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 25.0
     realtime_idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     realtime_send_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
-    realtime_ws_ping_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
-    realtime_ws_ping_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     admin_session_idle_s: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 1800
     admin_session_max_s: Annotated[int, msgspec.Meta(ge=300, le=30 * 86400)] = 12 * 3600
 
@@ -167,8 +165,6 @@ _DOCS: dict[str, str] = {
     "realtime_heartbeat_s": "Seconds between realtime heartbeats: quiet WebSockets get a `ping` frame, registry entries are refreshed.",
     "realtime_idle_timeout_s": "A WebSocket that sends nothing for this long is closed (code 4408).",
     "realtime_send_queue": "Frames queued per WebSocket; a client that falls this far behind is dropped (code 4008).",
-    "realtime_ws_ping_interval_s": "Seconds between WebSocket protocol pings the server sends to every connection.",
-    "realtime_ws_ping_timeout_s": "A WebSocket whose pong is this late is closed (1011 keepalive ping timeout).",
     "admin_session_idle_s": "Admin UI sessions end after this many seconds without a request.",
     "admin_session_max_s": "Admin UI sessions end this many seconds after sign-in, however active.",
 }

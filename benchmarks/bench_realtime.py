@@ -10,8 +10,9 @@ Both servers run as their own process on loopback; this process holds N WebSocke
   (flat per-connection memory means the two agree).
 
 Benchmark clients never ping (``ping_interval=None``): with 10,000 clients on 2 shared cores their
-own keepalive would time out while the loop is busy reading. The appliance server runs with
-``APPLIANCE_REALTIME_WS_PING_TIMEOUT_S=120`` for the same reason (production default: 20 s).
+own keepalive would time out while the loop is busy reading. For the same reason both servers
+still ping every 20 s but wait 120 s for the pong (``appliance run`` waits 20 s, uvicorn's default):
+the appliance runs as ``appliance run`` with only that uvicorn option changed (see APPLIANCE_SERVER).
 Each process may hold 20,000 files, so the servers run apart from the clients.
 
 The trigger is the same for both: a control WebSocket sends the message to the server, which
@@ -84,11 +85,35 @@ BASELINE_SERVER = textwrap.dedent(
 )
 
 
+APPLIANCE_SERVER = textwrap.dedent(
+    """
+    import sys
+    import uvicorn
+    from appliance.cli import main
+
+    serve = uvicorn.run
+
+    def run(app, **options):  # `appliance run`'s own options, the pong wait aside
+        serve(app, **{**options, "ws_ping_timeout": 120.0})
+
+    uvicorn.run = run
+    sys.argv = ["appliance", "run"]
+    main()
+    """
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -137,6 +162,7 @@ class Result:
     clients: int
     latencies_ms: list[float] = field(default_factory=list)
     deliveries_per_s: float = 0.0
+    server_us_per_delivery: float = 0.0
     rss_per_conn_kib: dict[int, float] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -145,7 +171,8 @@ class Result:
         memory = "  ".join(f"rss/conn@{n:,}={kib:5.1f} KiB" for n, kib in self.rss_per_conn_kib.items())
         return (
             f"{self.name:<10} clients={self.clients:<6} deliveries/s={self.deliveries_per_s:>9,.0f}"
-            f"  p50={p50:6.1f} ms  p99={self.p99():6.1f} ms  {memory}"
+            f"  p50={p50:6.1f} ms  p99={self.p99():6.1f} ms"
+            f"  server CPU/delivery={self.server_us_per_delivery:4.1f} us  {memory}"
         )
 
     def p99(self) -> float:
@@ -240,11 +267,12 @@ async def measure(
         await fleet.wait(30)
         result.latencies_ms += fleet.latencies or []
     fleet.expect(clients * burst, record=False)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_s(pid)
     for seq in range(burst):
         await publish(control, {"t": time.time(), "seq": seq})
     await fleet.wait(120)
     result.deliveries_per_s = clients * burst / (time.perf_counter() - start)
+    result.server_us_per_delivery = (cpu_s(pid) - cpu_start) * 1e6 / (clients * burst)
     await fleet.close()
     return result
 
@@ -286,9 +314,8 @@ async def bench_appliance(clients: int, rounds: int, burst: int, profile: Path |
             APPLIANCE_RATE_LIMIT_PER_IP="",
             APPLIANCE_WORKER="false",
             APPLIANCE_LOG_LEVEL="WARNING",
-            APPLIANCE_REALTIME_WS_PING_TIMEOUT_S="120",
         )
-        argv = [sys.executable, "-m", "appliance", "run"]
+        argv = [sys.executable, "-c", APPLIANCE_SERVER]
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             report = profile / f"appliance-{clients}.txt"
@@ -348,7 +375,8 @@ async def main() -> None:
     if baseline and appliance:
         print(
             f"ratio appliance/baseline: throughput {appliance.deliveries_per_s / baseline.deliveries_per_s:.2f}x,"
-            f" p99 latency {appliance.p99() / baseline.p99():.2f}x"
+            f" p99 latency {appliance.p99() / baseline.p99():.2f}x,"
+            f" server CPU per delivery {appliance.server_us_per_delivery / baseline.server_us_per_delivery:.2f}x"
         )
 
 
