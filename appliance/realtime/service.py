@@ -175,7 +175,7 @@ class LiveConnection:
         self._reader: asyncio.Task[Any] | None = None  # the handler, while it waits for a client frame
 
     def attach(self, sink: FrameSink | None) -> None:
-        """Write frames to ``sink`` directly; without one, frames wait for :meth:`next_frames`."""
+        """Write frames to ``sink`` directly; without one, frames wait for :meth:`next_frame`."""
         if sink is None:
             self._ready = asyncio.Event()
         else:
@@ -244,29 +244,23 @@ class LiveConnection:
         finally:
             self._reader = None
 
-    async def next_frames(self) -> list[Outgoing] | None:
-        """Without a sink: wait for queued frames and take them all; None once kicked."""
+    async def next_frame(self) -> Outgoing | None:
+        """Without a sink: wait for the next queued frame; None once kicked."""
         assert self._ready is not None
-        while True:
-            if self.closing is not None:
-                return None
+        while self.closing is None:
             if self._pending:
-                frames = list(self._pending)
-                self._pending.clear()
-                return frames
+                return self._pending.popleft()
             self._ready.clear()
             await self._ready.wait()
+        return None
 
     async def send_loop(self) -> None:
         """Without a sink: hand queued frames to the ASGI server one by one."""
         assert self.socket is not None
         send = self.socket.send  # the ASGI send (wrapped by Litestar only to track disconnects)
-        while (frames := await self.next_frames()) is not None:
-            for frame in frames:
-                if self.closing is not None:
-                    return
-                event: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": frame.text}
-                await send(event)
+        while (frame := await self.next_frame()) is not None:
+            event: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": frame.text}
+            await send(event)
 
 
 class Hub:
@@ -580,9 +574,8 @@ class Hub:
     async def stream(self, conn: LiveConnection) -> AsyncIterator[str]:
         """The frames of an SSE connection until the client leaves or the hub closes it."""
         try:
-            while (frames := await conn.next_frames()) is not None:
-                for frame in frames:
-                    yield frame.text
+            while (frame := await conn.next_frame()) is not None:
+                yield frame.text
             assert conn.closing is not None
             code, reason = conn.closing
             yield _frame(None, "close", {"code": code, "reason": reason}).text

@@ -20,12 +20,16 @@ import redis
 from litestar import Litestar
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient, WebSocketTestSession
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
+from websockets.streams import StreamReader
 
 from appliance.app import create_app
 from appliance.config import Settings
 from appliance.realtime import Broadcaster, BroadcastFilter
 from appliance.realtime.service import Hub
 from appliance.realtime.tokens import TokenClaims, TokenSigner
+from appliance.realtime.transport import text_frame
 from tests.api.test_core import assert_problem
 from tests.conftest import ROOT, MakeTenant, make_settings
 from tests.peers import free_port
@@ -460,3 +464,17 @@ async def test_redis_down_is_a_503_naming_it(tmp_path: Path) -> None:
         with pytest.raises(WebSocketDisconnect) as closed, connect(client, ROOT):
             pass
         assert closed.value.code == 1011
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_a_pre_encoded_frame_is_a_valid_websocket_text_frame(size: int) -> None:
+    """Every length encoding of RFC 6455 (7-bit, 16-bit, 64-bit), as a WebSocket client reads it."""
+    payload = ("x" * size).encode()
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    parser = WsFrame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    frame = parsed.value.value
+    assert (frame.opcode, frame.fin, bytes(frame.data)) == (Opcode.TEXT, True, payload)
+    assert not reader.buffer  # nothing after the frame
