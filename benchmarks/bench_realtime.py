@@ -5,7 +5,11 @@ Both servers run as their own process on loopback; this process holds N WebSocke
 
 * latency: M1 broadcasts, one at a time (the next once every client has the previous one); each
   message carries its send time, so every delivery yields a latency sample (p50, p99);
-* throughput: M2 broadcasts sent back to back; deliveries per second until all N x M2 arrived;
+* throughput: M2 broadcasts sent back to back; deliveries per second until all N x M2 arrived.
+  Broadcasts that pile up go to each appliance connection in one write (still one frame each);
+  ``websockets.broadcast()`` writes each message on its own;
+* server CPU per delivery (user + system time of the server process), one broadcast at a time
+  (the latency rounds) and in the burst;
 * memory: server RSS growth per connection, after the first 1,000 connections and after all N
   (flat per-connection memory means the two agree).
 
@@ -20,7 +24,8 @@ fans it out (the appliance: a ``publish`` frame through the hub; the baseline: a
 ``websockets.broadcast()`` on every connection, encoding the message once).
 
     .venv/bin/python benchmarks/bench_realtime.py [--clients 1000] [--latency-rounds 100] [--burst 100]
-        [--profile DIR]  # the appliance server under pyinstrument; its HTML report lands in DIR
+        [--profile DIR]  # the appliance server under pyinstrument; its text report lands in DIR
+        [--only appliance|baseline]
 """
 
 from __future__ import annotations
@@ -162,7 +167,8 @@ class Result:
     clients: int
     latencies_ms: list[float] = field(default_factory=list)
     deliveries_per_s: float = 0.0
-    server_us_per_delivery: float = 0.0
+    server_us_per_delivery: float = 0.0  # in the burst, where the appliance coalesces writes
+    server_us_per_delivery_single: float = 0.0  # in the latency rounds: one broadcast at a time
     rss_per_conn_kib: dict[int, float] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -172,7 +178,8 @@ class Result:
         return (
             f"{self.name:<10} clients={self.clients:<6} deliveries/s={self.deliveries_per_s:>9,.0f}"
             f"  p50={p50:6.1f} ms  p99={self.p99():6.1f} ms"
-            f"  server CPU/delivery={self.server_us_per_delivery:4.1f} us  {memory}"
+            f"  server CPU/delivery: one at a time {self.server_us_per_delivery_single:4.1f} us,"
+            f" burst {self.server_us_per_delivery:4.1f} us  {memory}"
         )
 
     def p99(self) -> float:
@@ -261,11 +268,13 @@ async def measure(
     result = Result(name, clients)
     fleet = Fleet()
     result.rss_per_conn_kib = await fleet.open(clients, open_client, pid)
+    cpu_start = cpu_s(pid)
     for seq in range(rounds):
         fleet.expect(clients, record=True)
         await publish(control, {"t": time.time(), "seq": seq})
         await fleet.wait(30)
         result.latencies_ms += fleet.latencies or []
+    result.server_us_per_delivery_single = (cpu_s(pid) - cpu_start) * 1e6 / (clients * rounds)
     fleet.expect(clients * burst, record=False)
     start, cpu_start = time.perf_counter(), cpu_s(pid)
     for seq in range(burst):
@@ -376,9 +385,12 @@ async def main() -> None:
         print(
             f"ratio appliance/baseline: throughput {appliance.deliveries_per_s / baseline.deliveries_per_s:.2f}x,"
             f" p99 latency {appliance.p99() / baseline.p99():.2f}x,"
-            f" server CPU per delivery {appliance.server_us_per_delivery / baseline.server_us_per_delivery:.2f}x"
+            f" server CPU per delivery {appliance.server_us_per_delivery_single / baseline.server_us_per_delivery_single:.2f}x"
+            f" one at a time, {appliance.server_us_per_delivery / baseline.server_us_per_delivery:.2f}x in the burst"
         )
 
 
 if __name__ == "__main__":
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the server processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     asyncio.run(main())
