@@ -3,9 +3,10 @@
 Every logical channel of a tenant maps to one physical channel ``appliance:rt:t:<tenant>:<channel>``
 of the channels backend, so no name a client picks can reach another tenant. The node subscribes to
 a physical channel once, while at least one of its connections listens; each published message is
-decoded once, encoded once, and queued to every matching local connection without waiting: each
-connection has a bounded send queue drained by its own task, and a connection whose queue is full is
-closed (code 4008) instead of slowing anyone else down.
+encoded once (JSON and WebSocket frame) and handed to every matching local connection without
+waiting (see :class:`LiveConnection`): written straight to its socket under ``appliance run``, or
+queued while the client reads too slowly. A connection whose bounded queue is full is closed (code
+4008) instead of slowing anyone else down.
 
 A published payload is ``<filter JSON or null>\\n<frame JSON>``: nodes read the filter, and pass the
 frame bytes through untouched.
