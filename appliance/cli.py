@@ -69,6 +69,7 @@ def run(host: str | None, port: int | None, data_dir: str | None, config_file: s
     import uvicorn
 
     from appliance.app import create_app
+    from appliance.realtime.transport import DirectWebSocketsProtocol
 
     settings = _settings(config_file, host=host, port=port, data_dir=data_dir)
     _logging(settings)
@@ -84,7 +85,9 @@ def run(host: str | None, port: int | None, data_dir: str | None, config_file: s
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=15,
-        ws_ping_interval=20,
+        ws_ping_interval=20,  # and uvicorn's default ping timeout: 20 s
+        ws=DirectWebSocketsProtocol,  # writes a broadcast's frame, encoded once, to every socket
+        ws_per_message_deflate=False,  # see docs/realtime.md "Scale"
     )
 
 

@@ -3,9 +3,10 @@
 Every logical channel of a tenant maps to one physical channel ``appliance:rt:t:<tenant>:<channel>``
 of the channels backend, so no name a client picks can reach another tenant. The node subscribes to
 a physical channel once, while at least one of its connections listens; each published message is
-decoded once, encoded once, and queued to every matching local connection without waiting: each
-connection has a bounded send queue drained by its own task, and a connection whose queue is full is
-closed (code 4008) instead of slowing anyone else down.
+encoded once (JSON and WebSocket frame) and handed to every matching local connection without
+waiting (see :class:`LiveConnection`): written straight to its socket under ``appliance run``, or
+queued while the client reads too slowly. A connection whose bounded queue is full is closed (code
+4008) instead of slowing anyone else down.
 
 A published payload is ``<filter JSON or null>\\n<frame JSON>``: nodes read the filter, and pass the
 frame bytes through untouched.
@@ -19,6 +20,7 @@ import logging
 import os
 import socket as _socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, cast
 
@@ -30,7 +32,7 @@ from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.subscriber import Subscriber
 from litestar.connection import WebSocket
 from litestar.exceptions import WebSocketDisconnect
-from litestar.types import WebSocketSendEvent
+from litestar.types import WebSocketReceiveMessage, WebSocketSendEvent
 from redis.exceptions import RedisError
 
 from appliance.core.context import BackendStatus, Context
@@ -44,8 +46,9 @@ from appliance.realtime import (
     valid_channel,
 )
 from appliance.realtime.tokens import TokenSigner
+from appliance.realtime.transport import CLOSED, DIRECT_EXTENSION, PAUSED, WRITTEN, FrameSink, text_frame
 
-__all__ = ["CloseCode", "Frame", "Hub", "LiveConnection", "build_hub", "physical_channel"]
+__all__ = ["CloseCode", "Frame", "Hub", "LiveConnection", "Outgoing", "build_hub", "physical_channel"]
 
 log = logging.getLogger("appliance.realtime")
 
@@ -53,6 +56,8 @@ PHYSICAL_PREFIX = "appliance:rt:t:"
 CONTROL_CHANNEL = "appliance:rt:control"  # never a tenant channel: those all start with PHYSICAL_PREFIX
 MAX_FRAME_BYTES = 64 * 1024
 MAX_CHANNELS_PER_CONNECTION = 100
+BATCH_FRAMES = 256  # broadcasts already waiting that a connection gets in one write
+BATCH_BYTES = 1024 * 1024
 EVENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
@@ -107,44 +112,170 @@ _decode_filter = msgspec.json.Decoder(BroadcastFilter | None).decode
 _decode_command = msgspec.json.Decoder(_Command).decode
 
 
-def _frame(channel: str | None, event: str, data: Any) -> str:
-    return _encode(Frame(channel=channel, event=event, data=data, id=new_id("msg"))).decode()
+class Outgoing:
+    """One server frame, encoded once however many connections it goes to.
+
+    ``payload`` is the frame's JSON, ``wire`` the complete WebSocket frame for direct writes, and
+    ``text`` the string for ASGI sends and SSE (made on first use).
+    """
+
+    __slots__ = ("_text", "payload", "wire")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.wire = text_frame(payload)
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.payload.decode()
+        return self._text
+
+
+def _frame(channel: str | None, event: str, data: Any) -> Outgoing:
+    return Outgoing(_encode(Frame(channel=channel, event=event, data=data, id=new_id("msg"))))
 
 
 class LiveConnection:
-    """One accepted WebSocket on this node, with its bounded send queue."""
+    """One connection on this node (a WebSocket, or an SSE stream when ``socket`` is None).
+
+    Frames go out through :meth:`offer`, which never waits. On a WebSocket served by
+    :class:`~appliance.realtime.transport.DirectWebSocketsProtocol` (a *sink*) a frame is written to
+    the transport at once, as the same pre-encoded bytes for every recipient; only while the
+    transport is paused (the peer reads too slowly) do frames wait in a bounded queue, flushed when
+    it resumes. Elsewhere (other ASGI servers, SSE) every frame waits in the queue for one sender.
+    Either way a frame that finds the queue full closes the connection (slow consumer), so one slow
+    client never holds up a broadcast.
+
+    Kept small (slots, the queue made on first use, no task of its own on a sink) because a node
+    holds tens of thousands of these.
+    """
+
+    __slots__ = (
+        "_limit",
+        "_pending",
+        "_reader",
+        "_ready",
+        "_sink",
+        "closing",
+        "last_seen",
+        "record",
+        "socket",
+    )
 
     def __init__(
         self, socket: WebSocket[Any, Any, Any] | None, record: ConnectionRecord, queue_size: int
     ) -> None:
         self.socket = socket
         self.record = record
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.last_seen = time.monotonic()
-        self.closing: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+        self.closing: tuple[int, str] | None = None  # set once: the close code and reason
+        self._limit = queue_size
+        self._pending: deque[Outgoing] | None = None
+        self._sink: FrameSink | None = None
+        self._ready: asyncio.Event | None = None  # wakes the sender (no sink) when frames or a kick arrive
+        self._reader: asyncio.Task[Any] | None = None  # the handler, while it waits for a client frame
 
-    def offer(self, text: str) -> bool:
-        """Queue a frame without ever waiting; a full queue closes the connection (slow consumer)."""
-        if self.closing.done():
+    def attach(self, sink: FrameSink | None) -> None:
+        """Write frames to ``sink`` directly; without one, frames wait for :meth:`next_frame`."""
+        if sink is None:
+            self._ready = asyncio.Event()
+        else:
+            self._sink = sink
+            sink.on_resume = self._flush
+
+    def offer(self, frame: Outgoing) -> bool:
+        """Send or queue a frame without ever waiting; a full queue closes the connection."""
+        if self.closing is not None:
             return False
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
+        sink = self._sink
+        if sink is not None and not self._pending:
+            outcome = sink.write_frame(frame.wire)
+            if outcome != PAUSED:
+                return outcome == WRITTEN
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        elif len(pending) >= self._limit:
             self.kick(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full")
             return False
+        pending.append(frame)
+        if self._ready is not None:
+            self._ready.set()
         return True
 
+    def offer_all(self, frames: list[Outgoing], wire: bytes | None) -> int:
+        """:meth:`offer` for several frames, in one write when possible (``wire``: them all, joined)."""
+        if len(frames) == 1:
+            return int(self.offer(frames[0]))
+        if self.closing is not None:
+            return 0
+        sink = self._sink
+        if sink is not None and not self._pending:
+            outcome = sink.write_frame(wire if wire is not None else b"".join(f.wire for f in frames))
+            if outcome != PAUSED:
+                return len(frames) if outcome == WRITTEN else 0
+        return sum(self.offer(frame) for frame in frames)
+
+    def _flush(self) -> None:
+        """The sink's transport drained: write what waited, until it pauses again."""
+        pending, sink = self._pending, self._sink
+        if sink is None or not pending or self.closing is not None:
+            return
+        while pending:
+            outcome = sink.write_frame(pending[0].wire)
+            if outcome == PAUSED:
+                return
+            pending.popleft()
+            if outcome == CLOSED:
+                pending.clear()
+
     def kick(self, code: int, reason: str) -> None:
-        """Ask the connection's handler to close it with ``code``."""
-        if not self.closing.done():
-            self.closing.set_result((code, reason))
+        """Close the connection with ``code``: its handler (or SSE stream) wakes up and leaves."""
+        if self.closing is not None:
+            return
+        self.closing = (code, reason)
+        if self._pending:
+            self._pending.clear()
+        if self._ready is not None:
+            self._ready.set()
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def receive(self) -> WebSocketReceiveMessage | None:
+        """The next client message, or None once the connection was kicked."""
+        assert self.socket is not None
+        if self.closing is not None:
+            return None
+        task = self._reader = asyncio.current_task()
+        try:
+            return cast("WebSocketReceiveMessage", await self.socket.receive())
+        except asyncio.CancelledError:
+            # kick() cancelled the wait; any other cancellation goes on.
+            assert task is not None
+            if self.closing is not None and task.uncancel() == 0:
+                return None
+            raise
+        finally:
+            self._reader = None
+
+    async def next_frame(self) -> Outgoing | None:
+        """Without a sink: wait for the next queued frame; None once kicked."""
+        assert self._ready is not None
+        while self.closing is None:
+            if self._pending:
+                return self._pending.popleft()
+            self._ready.clear()
+            await self._ready.wait()
+        return None
 
     async def send_loop(self) -> None:
+        """Without a sink: hand queued frames to the ASGI server one by one."""
         assert self.socket is not None
         send = self.socket.send  # the ASGI send (wrapped by Litestar only to track disconnects)
-        while True:
-            text = await self.queue.get()
-            event: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": text}
+        while (frame := await self.next_frame()) is not None:
+            event: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": frame.text}
             await send(event)
 
 
@@ -286,22 +417,53 @@ class Hub:
             raise ServiceUnavailable(f"realtime fan-out backend (redis) is unavailable: {exc}") from None
         return message_id, delivered
 
-    def _deliver(self, physical: str, payload: bytes) -> int:
-        header, _, frame = payload.partition(b"\n")
-        filter = _decode_filter(header)
-        text = frame.decode()
+    def _deliver(self, physical: str, payloads: list[bytes]) -> int:
+        """Send published payloads to the matching local subscribers; returns the frames sent.
+
+        When several broadcasts wait at once, a connection gets all of its frames in one write:
+        each one stays its own WebSocket frame, with one socket call for the lot.
+        """
+        members = self._members.get(physical)
+        if not members:
+            return 0
+        messages: list[tuple[BroadcastFilter | None, Outgoing]] = []
+        for payload in payloads:
+            header, _, body = payload.partition(b"\n")
+            try:
+                messages.append((_decode_filter(header), Outgoing(body)))
+            except msgspec.DecodeError:
+                log.warning("dropped a malformed realtime payload on %s", physical)
         delivered = 0
-        for conn in self._members.get(physical, ()):
-            if filter is None or filter.matches(conn.record.user_id, conn.record.tags):
-                delivered += conn.offer(text)
+        if all(filter is None for filter, _ in messages):
+            frames = [frame for _, frame in messages]
+            if len(frames) == 1:
+                for conn in members:
+                    delivered += conn.offer(frames[0])
+            elif frames:
+                wire = b"".join(frame.wire for frame in frames)
+                for conn in members:
+                    delivered += conn.offer_all(frames, wire)
+            return delivered
+        for conn in members:
+            user_id, tags = conn.record.user_id, conn.record.tags
+            mine = [frame for filter, frame in messages if filter is None or filter.matches(user_id, tags)]
+            if mine:
+                delivered += conn.offer_all(mine, None)
         return delivered
 
     async def _pump(self, physical: str, subscriber: Subscriber) -> None:
-        async for payload in subscriber.iter_events():
-            try:
-                self._deliver(physical, payload)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                log.warning("dropped a malformed realtime payload on %s", physical)
+        events = subscriber.iter_events()
+        async for payload in events:
+            batch, size = [payload], len(payload)
+            # Take what else is already waiting (never wait for more): one write per connection.
+            while subscriber.qsize and len(batch) < BATCH_FRAMES and size < BATCH_BYTES:
+                try:
+                    payload = await anext(events)
+                except StopAsyncIteration:
+                    break
+                batch.append(payload)
+                size += len(payload)
+            self._deliver(physical, batch)
 
     # ------------------------------------------------------------- subscriptions ---
 
@@ -359,24 +521,33 @@ class Hub:
     async def serve(
         self, socket: WebSocket[Any, Any, Any], tenant: str, user_id: str | None, tags: list[str]
     ) -> None:
-        """Run one accepted connection until the client leaves or the hub closes it."""
+        """Run one accepted connection until the client leaves or the hub closes it.
+
+        On ``appliance run`` the connection costs no task besides this handler: frames are written
+        straight to the transport (see :class:`LiveConnection`). Other servers get one sender task.
+        """
         conn = self._open(socket, tenant, user_id, tags, "websocket")
+        extensions = cast("dict[str, Any]", socket.scope.get("extensions") or {})
+        sink: FrameSink | None = extensions.get(DIRECT_EXTENSION)
+        conn.attach(sink)
+        sender = None if sink is not None else asyncio.create_task(conn.send_loop())
+        if sender is not None:
+            sender.add_done_callback(lambda _: conn.kick(CloseCode.GOING_AWAY, "connection closed"))
         try:
-            await self.registry.add(conn.record)
-        except (RedisError, OSError) as exc:
-            conn.kick(CloseCode.INTERNAL, f"connection registry unavailable: {exc}"[:120])
-        self._welcome(conn)
-        tasks = [asyncio.create_task(conn.send_loop()), asyncio.create_task(self._read_loop(conn))]
-        try:
-            waiters: list[asyncio.Future[Any]] = [*tasks, conn.closing]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await self.registry.add(conn.record)
+            except (RedisError, OSError) as exc:
+                conn.kick(CloseCode.INTERNAL, f"connection registry unavailable: {exc}"[:120])
+            self._welcome(conn)
+            await self._read_loop(conn)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            kicked = conn.closing
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
             await self._drop(conn)
-        if conn.closing.done():
-            code, reason = conn.closing.result()
+        if kicked is not None:
+            code, reason = kicked
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await socket.close(code=code, reason=reason)
@@ -429,6 +600,7 @@ class Hub:
         if not channels or len(set(channels)) > MAX_CHANNELS_PER_CONNECTION:
             raise Unprocessable(f"give 1 to {MAX_CHANNELS_PER_CONNECTION} 'channel' query parameters")
         conn = self._open(None, tenant, user_id, tags, "sse")
+        conn.attach(None)
         try:
             await self.registry.add(conn.record)
             for channel in dict.fromkeys(channels):
@@ -442,16 +614,11 @@ class Hub:
     async def stream(self, conn: LiveConnection) -> AsyncIterator[str]:
         """The frames of an SSE connection until the client leaves or the hub closes it."""
         try:
-            while not conn.closing.done():
-                get = asyncio.ensure_future(conn.queue.get())
-                waiters: list[asyncio.Future[Any]] = [get, conn.closing]
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                if get.done():
-                    yield get.result()
-                else:
-                    get.cancel()
-            code, reason = conn.closing.result()
-            yield _frame(None, "close", {"code": code, "reason": reason})
+            while (frame := await conn.next_frame()) is not None:
+                yield frame.text
+            assert conn.closing is not None
+            code, reason = conn.closing
+            yield _frame(None, "close", {"code": code, "reason": reason}).text
         finally:
             # The stream is cancelled when the client goes away; leave the channels regardless.
             with anyio.CancelScope(shield=True):
@@ -471,10 +638,8 @@ class Hub:
             log.warning("could not remove connection %s from the registry; it will expire", conn.record.id)
 
     async def _read_loop(self, conn: LiveConnection) -> None:
-        assert conn.socket is not None
         with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                message = await conn.socket.receive()
+            while (message := await conn.receive()) is not None:
                 if message["type"] == "websocket.disconnect":
                     return
                 conn.last_seen = time.monotonic()
@@ -539,15 +704,16 @@ class Hub:
         """Close idle connections, ping quiet ones, and refresh this node's registry records."""
         await self._listen_for_commands()
         now = time.monotonic()
+        ping = _frame(None, "ping", None)  # one frame (and id) for every connection pinged this beat
         for conn in list(self._local.values()):
             quiet = now - conn.last_seen
             if conn.socket is None:  # SSE: the client cannot speak, so it cannot idle; keep proxies awake
-                conn.offer(_frame(None, "ping", None))
+                conn.offer(ping)
             elif quiet >= self.idle_timeout_s:
                 conn.kick(CloseCode.IDLE, f'idle for {self.idle_timeout_s:g}s: send {{"op":"ping"}} frames')
             elif quiet >= self.heartbeat_s:
-                conn.offer(_frame(None, "ping", None))
-        live = [c.record for c in self._local.values() if not c.closing.done()]
+                conn.offer(ping)
+        live = [c.record for c in self._local.values() if c.closing is None]
         if live:
             await self.registry.touch(live, time.time() + self.record_ttl_s)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -17,15 +18,21 @@ from typing import Any
 
 import pytest
 import redis
+import uvicorn
 from litestar import Litestar
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient, WebSocketTestSession
+from websockets.asyncio.client import connect as ws_connect
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
+from websockets.streams import StreamReader
 
 from appliance.app import create_app
 from appliance.config import Settings
 from appliance.realtime import Broadcaster, BroadcastFilter
 from appliance.realtime.service import Hub
 from appliance.realtime.tokens import TokenClaims, TokenSigner
+from appliance.realtime.transport import DirectWebSocketsProtocol, text_frame
 from tests.api.test_core import assert_problem
 from tests.conftest import ROOT, MakeTenant, make_settings
 from tests.peers import free_port
@@ -460,3 +467,67 @@ async def test_redis_down_is_a_503_naming_it(tmp_path: Path) -> None:
         with pytest.raises(WebSocketDisconnect) as closed, connect(client, ROOT):
             pass
         assert closed.value.code == 1011
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_a_pre_encoded_frame_is_a_valid_websocket_text_frame(size: int) -> None:
+    """Every length encoding of RFC 6455 (7-bit, 16-bit, 64-bit), as a WebSocket client reads it."""
+    payload = ("x" * size).encode()
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    parser = WsFrame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    frame = parsed.value.value
+    assert (frame.opcode, frame.fin, bytes(frame.data)) == (Opcode.TEXT, True, payload)
+    assert not reader.buffer  # nothing after the frame
+
+
+async def test_broadcasts_sent_together_reach_each_client_in_order_over_a_real_server(
+    settings: Settings,
+) -> None:
+    """Under uvicorn with the direct-write protocol (as ``appliance run`` serves), broadcasts queued
+    together go to each connection in one write: each client still gets exactly its own frames, in
+    order, each its own WebSocket message."""
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws=DirectWebSocketsProtocol,
+        ws_per_message_deflate=False,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        deadline = time.monotonic() + WAIT
+        while not server.started:
+            assert time.monotonic() < deadline and not serving.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        hub = app.state.ctx.service("realtime", Hub)
+        url = f"ws://127.0.0.1:{port}/v1/ws"
+        people = {"alice": "?user_id=alice&tags=eu", "bob": "?user_id=bob", "anon": ""}
+        filters = [None, BroadcastFilter(user_ids=["alice"]), BroadcastFilter(tags=["eu"]), None]
+        plan = [(index, filters[index % len(filters)]) for index in range(40)]
+        async with (
+            ws_connect(url + people["alice"], additional_headers=ROOT) as alice,
+            ws_connect(url + people["bob"], additional_headers=ROOT) as bob,
+            ws_connect(url + people["anon"], additional_headers=ROOT) as anon,
+        ):
+            sockets = {"alice": alice, "bob": bob, "anon": anon}
+            for ws in sockets.values():
+                assert json.loads(await ws.recv())["event"] == "welcome"
+                await ws.send(json.dumps({"op": "subscribe", "channel": "news"}))
+                assert json.loads(await ws.recv())["event"] == "subscribed"
+            for index, filter in plan:  # no await yields to the hub in between (memory backend)
+                await hub.broadcast("default", "news", index, filter=filter)
+            for name, ws in sockets.items():
+                user_id, tags = (name, ["eu"] if name == "alice" else []) if name != "anon" else (None, [])
+                expected = [i for i, f in plan if f is None or f.matches(user_id, tags)]
+                got = [json.loads(await asyncio.wait_for(ws.recv(), WAIT))["data"] for _ in expected]
+                assert got == expected, name
+    finally:
+        server.should_exit = True
+        await serving

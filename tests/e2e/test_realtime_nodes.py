@@ -178,6 +178,29 @@ async def test_a_slow_consumer_is_dropped_and_never_stalls_a_broadcast(tmp_path:
             assert [c["user_id"] for c in listing] == ["fast"]
 
 
+async def test_a_client_that_falls_behind_then_catches_up_gets_every_frame_in_order(tmp_path: Path) -> None:
+    """More than the sockets can buffer, fewer frames than the send queue holds: none lost, none reordered."""
+    env = {**BASE_ENV, "APPLIANCE_REALTIME_SEND_QUEUE": "128"}
+    payload = secrets.token_urlsafe(192 * 1024)
+    count = 60  # 15 MiB: the kernel's buffers fill, the socket pauses, the rest waits in the queue
+    with run_appliance(tmp_path / "data", env) as node:
+        async with (
+            httpx.AsyncClient(timeout=WAIT) as http,
+            socket(node, ROOT, "?user_id=late", max_size=2**20, max_queue=1) as (late, _),
+        ):
+            await subscribe(late, "backlog")
+            for index in range(count):
+                sent = await http.post(
+                    f"{node.url}/v1/channels/backlog/broadcast",
+                    json={"data": {"n": index, "pad": payload}},
+                    headers=ROOT,
+                )
+                assert sent.status_code == 202
+            assert [(await receive(late))["data"]["n"] for _ in range(count)] == list(range(count))
+            await late.send(json.dumps({"op": "ping", "ref": "still-there"}))
+            assert (await receive(late))["data"] == {"ref": "still-there"}
+
+
 async def test_refused_handshakes_over_real_http(
     two_nodes: tuple[ApplianceProcess, ApplianceProcess],
 ) -> None:
