@@ -128,7 +128,7 @@ def migrate(data_dir: str | None, config_file: str | None) -> None:
         async with ctx.prepared() as applied:
             for m in applied:
                 click.echo(f"applied {m.component}#{m.version}: {m.name}")
-            click.echo(f"{len(applied)} migration(s) applied; database at {settings.db_path}")
+            click.echo(f"{len(applied)} migration(s) applied; database at {ctx.db.location}")
 
     asyncio.run(go())
 

@@ -12,7 +12,8 @@ Every statement is written once, in the subset both engines share (``?`` placeho
 ``$1, $2...`` once per statement text. Migrations are written in SQLite's DDL; :func:`postgres_ddl`
 maps its types (``INTEGER`` -> ``BIGINT``, ``REAL`` -> ``DOUBLE PRECISION``, ``BLOB`` -> ``BYTEA``,
 ``AUTOINCREMENT`` keys -> identity columns) unless a migration gives its own ``postgres`` script.
-The few statements that cannot be shared branch on :attr:`Database.dialect`.
+The few statements that cannot be shared branch on :attr:`Database.dialect`. With read replicas
+(``APPLIANCE_DATABASE_REPLICA_URLS``) reads marked ``lag_ok`` go to one, unless the current task wrote.
 """
 
 from __future__ import annotations
