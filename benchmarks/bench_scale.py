@@ -58,7 +58,7 @@ def node(data_dir: Path, database_url: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "appliance", "run"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(
