@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the appliance into ./.venv; with --dev also the real test peers
-# (redis-server, chromium, MinIO, stripe-mock). Safe to run again: every step
+# (redis-server, chromium, PostgreSQL, MinIO, stripe-mock). Safe to run again: every step
 # checks what is already there and skips it.
 set -Eeuo pipefail
 
@@ -10,7 +10,7 @@ Usage: ./install.sh [--dev | --system] [--help]
 
   (no flag)  create .venv, install the appliance and any plugins/*/ (editable)
   --dev      also install the dev extras and the test peers:
-               redis-server, chromium   (apt-get; needs root or sudo)
+               redis-server, chromium, postgresql (apt-get; root/sudo)
                minio, stripe-mock       (go install into .tools/bin)
   --system   on-prem install on a Debian/Ubuntu host (root): a system user
              'appliance', /opt/appliance (code), /var/lib/appliance (data),
@@ -178,11 +178,17 @@ have_cmd() {
 }
 
 install_apt_peers() {
-    step "Install system test peers (redis-server, chromium)"
+    step "Install system test peers (redis-server, chromium, postgresql)"
     local missing=() pkg
     for pkg in redis-server chromium; do
         if have_cmd "$pkg"; then skip "$pkg already installed"; else missing+=("$pkg"); fi
     done
+    # Debian's server binaries live off PATH, under /usr/lib/postgresql/<major>/bin.
+    if compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+        skip "postgresql already installed"
+    else
+        missing+=(postgresql)
+    fi
     if [[ ${#missing[@]} == 0 ]]; then return 0; fi
 
     local sudo=()

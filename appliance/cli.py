@@ -131,7 +131,7 @@ def migrate(data_dir: str | None, config_file: str | None) -> None:
         async with ctx.prepared() as applied:
             for m in applied:
                 click.echo(f"applied {m.component}#{m.version}: {m.name}")
-            click.echo(f"{len(applied)} migration(s) applied; database at {settings.db_path}")
+            click.echo(f"{len(applied)} migration(s) applied; database at {ctx.db.location}")
 
     asyncio.run(go())
 
@@ -220,6 +220,13 @@ def _run_or_explain(call: Callable[[], T]) -> T:
         raise click.ClickException(exc.detail) from None
 
 
+_PG_BACKUP = (
+    "the metadata lives in PostgreSQL (APPLIANCE_DATABASE_URL), which `appliance backup` does not copy:"
+    ' back it up with PostgreSQL\'s own tools, e.g. `pg_dump --format=custom --file=appliance.dump "$URL"`'
+    " (restore with pg_restore), and back up the object store (MinIO/S3) with its own replication or tools"
+)
+
+
 @cli.command("backup")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @data_dir_option
@@ -229,6 +236,8 @@ def backup_cmd(out: Path, data_dir: str | None, config_file: str | None) -> None
     from appliance.ops.backup import BackupError, backup
 
     settings = _settings(config_file, data_dir=data_dir)
+    if settings.database_url:
+        raise click.ClickException(_PG_BACKUP)
     with _progress("backing up") as report:
         try:
             manifest = backup(settings.data_path, out, report)

@@ -48,7 +48,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mail_backend: str = ""
     push_backend: str = ""
     events_backend: str = ""
+    database_url: Annotated[str, msgspec.Meta(pattern=r"^(|postgres(ql)?://\S+)$")] = ""
+    database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    database_replica_urls: Annotated[str, msgspec.Meta(pattern=r"^(|postgres(ql)?://\S+)$")] = ""
     redis_url: str = ""
+    vapid_private_key: str = ""
     s3_endpoint: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
@@ -113,6 +117,9 @@ _SECRETS = {
     "stripe_key",
     "stripe_webhook_secret",
     "redis_url",
+    "database_url",
+    "database_replica_urls",
+    "vapid_private_key",
 }
 
 _DOCS: dict[str, str] = {
@@ -131,6 +138,10 @@ _DOCS: dict[str, str] = {
     "mail_backend": "A plugin's mailer to use instead of SMTP/capture (e.g. `aws-ses`).",
     "push_backend": "A plugin's push adapter to use instead of Web Push (e.g. `aws-sns`).",
     "events_backend": "A plugin's event forwarder, added to local dispatch (e.g. `aws-eventbridge`).",
+    "database_url": "PostgreSQL for the metadata (`postgresql://user:pass@host:5432/db`), shared by several nodes; empty: SQLite in the data dir.",
+    "database_replica_urls": "Comma-separated PostgreSQL read replicas: lag-tolerant reads go there, except in a request that wrote.",
+    "database_pool_size": "Connections each node keeps open to PostgreSQL (`APPLIANCE_DATABASE_URL`).",
+    "vapid_private_key": "Web Push VAPID private key (PEM or base64url); set the same on every node. Empty: generated into the data dir.",
     "redis_url": "Redis for jobs (arq), event delivery, realtime fan-out and rate limits across nodes.",
     "s3_endpoint": "MinIO/S3 endpoint `host:port`; object storage moves there when set.",
     "s3_access_key": "S3 access key.",

@@ -5,7 +5,10 @@ Real peers (redis-server, MinIO, stripe-mock, SMTP, Chromium) come from tests/pe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,12 @@ ROOT = {"Authorization": f"Bearer {ROOT_KEY}"}
 Headers = dict[str, str]
 MakeTenant = Callable[..., Awaitable[Headers]]
 
+# APPLIANCE_TEST_DATABASE=postgres runs the tests on PostgreSQL metadata: every test gets a fresh
+# database on the session's PostgreSQL peer (copied from a migrated template), and make_settings
+# points at it. The default, sqlite, keeps the metadata in each test's data dir.
+TEST_DATABASE = os.environ.get("APPLIANCE_TEST_DATABASE", "sqlite")
+_metadata = {"url": ""}
+
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for tests: a temp data dir, a known root key, rate limits off unless asked for."""
@@ -33,8 +42,45 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_per_key": "",
         "rate_limit_per_ip": "",
     }
+    if _metadata["url"]:
+        base["database_url"] = _metadata["url"]
     base.update(overrides)
     return load_settings(env={}, **base)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database on the PostgreSQL peer with every migration applied: the template of the test databases."""
+    from appliance.app import assemble
+
+    peer = request.getfixturevalue("postgres_peer")
+    name = "appliance_template"
+    url = peer.create_database(name)
+    ctx, _ = assemble(make_settings(tmp_path_factory.mktemp("template"), database_url=url), role="cli")
+
+    async def migrate() -> None:
+        async with ctx.prepared():
+            pass
+
+    asyncio.run(migrate())
+    return name
+
+
+@pytest.fixture(autouse=True)
+def metadata_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's metadata database URL on PostgreSQL (``APPLIANCE_TEST_DATABASE=postgres``), else ``""``."""
+    if TEST_DATABASE != "postgres":
+        yield ""
+        return
+    peer = request.getfixturevalue("postgres_peer")
+    template = request.getfixturevalue("postgres_template")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    _metadata["url"] = peer.create_database(name, template)
+    try:
+        yield _metadata["url"]
+    finally:
+        _metadata["url"] = ""
+        peer.drop_database(name)
 
 
 @pytest.fixture

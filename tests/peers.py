@@ -17,6 +17,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -248,6 +249,170 @@ def redis_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPeer]:
     argv += ["--dir", str(workdir)]
     with running("redis-server", argv, workdir, lambda: redis_pong(port)) as proc:
         yield RedisPeer(HOST, port, proc)
+
+
+# --------------------------------------------------------------- postgresql ---
+
+
+def find_postgres_bin() -> Path:
+    """Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<major>/bin (newest wins)."""
+    found = sorted(
+        (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")),
+        key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1]
+    on_path = shutil.which("postgres")
+    if on_path:
+        return Path(on_path).parent
+    missing_peer("PostgreSQL not found in /usr/lib/postgresql/*/bin or PATH (Debian package `postgresql`)")
+
+
+@dataclass(frozen=True)
+class PostgresPeer:
+    """A throwaway PostgreSQL cluster: trust auth for ``postgres`` on loopback, fsync off."""
+
+    host: str
+    port: int
+    bin_dir: Path
+    socket_dir: Path
+    process: PeerProcess = field(repr=False)
+    user: str = "postgres"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run ``sql`` with psql (autocommit, so CREATE/DROP DATABASE work); returns its output."""
+        argv = [str(self.bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database, "-c", sql]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}\nSQL: {sql}")
+        return done.stdout
+
+    def create_database(self, name: str, template: str = "template0") -> str:
+        """A new database (copied from ``template``); returns its URL."""
+        self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _as_postgres_user() -> dict[str, int]:
+    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` system user."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        missing_peer("running as root, but there is no `postgres` user to run PostgreSQL as")
+    return {"user": entry.pw_uid, "group": entry.pw_gid}
+
+
+@contextmanager
+def postgres_cluster(workdir: Path, name: str = "postgres") -> Iterator[PostgresPeer]:
+    """initdb into ``workdir`` and run the server on a free loopback port until the block exits."""
+    bin_dir = find_postgres_bin()
+    ids = _as_postgres_user()
+    data, sockets = workdir / "data", workdir / "sock"
+    sockets.mkdir()
+    if ids:
+        for path in (workdir, sockets):
+            os.chown(path, ids["user"], ids["group"])
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+    initdb += ["--locale=C.UTF-8", "--no-sync"]
+    done = subprocess.run(initdb, capture_output=True, text=True, timeout=START_TIMEOUT, check=False, **ids)  # type: ignore[call-overload]
+    if done.returncode != 0:
+        pytest.fail(f"initdb failed: {done.stdout}{done.stderr}", pytrace=False)
+    port = free_port()
+    argv = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets)]
+    argv += ["-c", f"listen_addresses={HOST}", "-c", "max_connections=300", "-c", "shared_buffers=64MB"]
+    # A throwaway cluster: durability buys nothing here and costs every commit an fsync.
+    argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    argv += ["-c", "wal_level=replica", "-c", "max_wal_senders=4", "-c", "hot_standby=on"]
+    isready = [str(bin_dir / "pg_isready"), "-q", "-h", HOST, "-p", str(port)]
+
+    def ready() -> bool:
+        return subprocess.run(isready, check=False, timeout=5).returncode == 0
+
+    with _running_as(name, argv, workdir, ready, ids) as proc:
+        yield PostgresPeer(HOST, port, bin_dir, sockets, proc)
+
+
+@contextmanager
+def postgres_replica(primary: PostgresPeer, workdir: Path) -> Iterator[PostgresPeer]:
+    """A streaming replica of ``primary`` (pg_basebackup -R), read-only, until the block exits."""
+    ids = _as_postgres_user()
+    data, sockets = workdir / "data", workdir / "sock"
+    sockets.mkdir()
+    if ids:
+        for path in (workdir, sockets):
+            os.chown(path, ids["user"], ids["group"])
+    backup = [str(primary.bin_dir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port)]
+    backup += ["-U", primary.user, "-D", str(data), "-R", "-X", "stream", "--no-sync", "-c", "fast"]
+    done = subprocess.run(backup, capture_output=True, text=True, timeout=START_TIMEOUT, check=False, **ids)  # type: ignore[call-overload]
+    if done.returncode != 0:
+        pytest.fail(f"pg_basebackup failed: {done.stdout}{done.stderr}", pytrace=False)
+    port = free_port()
+    argv = [str(primary.bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets)]
+    argv += ["-c", f"listen_addresses={HOST}", "-c", "hot_standby=on", "-c", "fsync=off"]
+    argv += ["-c", "max_connections=300"]  # a standby needs at least the primary's
+    isready = [str(primary.bin_dir / "pg_isready"), "-q", "-h", HOST, "-p", str(port)]
+
+    def ready() -> bool:
+        return subprocess.run(isready, check=False, timeout=5).returncode == 0
+
+    with _running_as("postgres-replica", argv, workdir, ready, ids) as proc:
+        yield PostgresPeer(HOST, port, primary.bin_dir, sockets, proc)
+
+
+@contextmanager
+def _running_as(
+    name: str, argv: list[str], workdir: Path, ready: Callable[[], bool], ids: dict[str, int]
+) -> Iterator[PeerProcess]:
+    """:func:`running`, as another user when ``ids`` names one (its log file stays ours)."""
+    log_path = workdir / f"{name}.log"
+    log = log_path.open("wb")
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **ids
+        )
+    except OSError as exc:
+        log.close()
+        pytest.fail(f"{name} could not be executed: {exc} (command: {shlex.join(argv)})", pytrace=False)
+    peer = PeerProcess(name, argv, proc, log_path, log)
+    try:
+        try:
+            poll_until(ready, START_TIMEOUT, f"{name} ready", proc)
+            error = None
+        except (TimeoutError, RuntimeError) as exc:
+            error = exc
+        if error is not None:
+            peer.startup_failure(error)
+        yield peer
+    finally:
+        peer.stop()
+
+
+@contextmanager
+def postgres_workdir() -> Iterator[Path]:
+    """A fresh dir for a cluster: not under pytest's tmp tree, which is private to root (0700) and so
+    closed to the ``postgres`` user the server runs as; removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="appliance-pg-"))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_peer() -> Iterator[PostgresPeer]:
+    with postgres_workdir() as workdir, postgres_cluster(workdir) as peer:
+        yield peer
 
 
 # -------------------------------------------------------------------- minio ---

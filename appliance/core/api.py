@@ -177,9 +177,15 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
     """The core routes and the metadata DB's health check; the core's migrations are already on the context."""
 
     async def metadata() -> BackendStatus:
-        row = await ctx.db.fetchone("SELECT sqlite_version() AS v")
+        postgres = ctx.db.dialect == "postgres"
+        row = await ctx.db.fetchone("SHOW server_version" if postgres else "SELECT sqlite_version() AS v")
         return BackendStatus(
-            name="metadata", backend="sqlite", mode="embedded", ok=True, version=row["v"] if row else ""
+            name="metadata",
+            backend="postgresql" if postgres else "sqlite",
+            mode="server" if postgres else "embedded",
+            ok=True,
+            detail=ctx.db.location if postgres else "",
+            version=str(row[0]) if row else "",
         )
 
     ctx.health.append(metadata)

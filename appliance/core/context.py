@@ -22,7 +22,7 @@ import pluggy
 
 from appliance.config import ConfigError, Settings
 from appliance.core.auth import CredentialResolver, TokenVerifier
-from appliance.core.db import Database, Migration
+from appliance.core.db import Database, Migration, open_database
 from appliance.core.idempotency import IdempotencyStore
 from appliance.core.metrics import MetricsSource
 from appliance.core.migrations import MIGRATIONS
@@ -224,5 +224,14 @@ def build_context(settings: Settings, role: Role = "all", extra_plugins: Iterabl
     """Load plugins and build the context; nothing touches the disk until :meth:`Context.running`."""
     manager, infos = load_plugins(settings.plugins, extra_plugins)
     return Context(
-        settings=settings, db=Database(settings.db_path), plugins=manager, plugin_infos=infos, role=role
+        settings=settings,
+        db=open_database(
+            settings.database_url,
+            settings.db_path,
+            settings.database_pool_size,
+            [u.strip() for u in settings.database_replica_urls.split(",") if u.strip()],
+        ),
+        plugins=manager,
+        plugin_infos=infos,
+        role=role,
     )

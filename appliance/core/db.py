@@ -1,31 +1,81 @@
-"""The metadata database: SQLite through aiosqlite, in WAL mode, with numbered migrations.
+"""The metadata database: one interface, two engines.
 
-One writer connection serialises transactions (SQLite allows one writer at a time anyway); a small
-pool of reader connections serves reads concurrently and, thanks to WAL, only ever sees committed
-data. A read issued after a transaction commits sees that transaction (read-your-writes).
+:class:`Database` is SQLite through aiosqlite, in WAL mode (the default). One writer connection
+serialises transactions (SQLite allows one writer at a time anyway); a small pool of reader
+connections serves reads concurrently and, thanks to WAL, only ever sees committed data. A read issued
+after a transaction commits sees that transaction (read-your-writes).
+
+:class:`PostgresDatabase` is the same interface on PostgreSQL through an asyncpg pool
+(``APPLIANCE_DATABASE_URL=postgresql://...``), for several appliance nodes sharing one metadata store.
+Every statement is written once, in the subset both engines share (``?`` placeholders,
+``ON CONFLICT ... DO NOTHING/DO UPDATE``, ``RETURNING``); the PostgreSQL side rewrites ``?`` into
+``$1, $2...`` once per statement text. Migrations are written in SQLite's DDL; :func:`postgres_ddl`
+maps its types (``INTEGER`` -> ``BIGINT``, ``REAL`` -> ``DOUBLE PRECISION``, ``BLOB`` -> ``BYTEA``,
+``AUTOINCREMENT`` keys -> identity columns) unless a migration gives its own ``postgres`` script.
+The few statements that cannot be shared branch on :attr:`Database.dialect`. With read replicas
+(``APPLIANCE_DATABASE_REPLICA_URLS``) reads marked ``lag_ok`` go to one, unless the current task wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import hashlib
 import itertools
 import logging
+import re
 import sqlite3
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiosqlite
 import msgspec
 
-__all__ = ["Database", "Migration", "Row", "Tx"]
+if TYPE_CHECKING:
+    import asyncpg  # imported when a PostgresDatabase opens: SQLite installs never pay for it
+
+__all__ = [
+    "Database",
+    "Dialect",
+    "IntegrityError",
+    "Migration",
+    "PgIntegrityError",
+    "PostgresDatabase",
+    "Row",
+    "Tx",
+    "open_database",
+    "placeholders",
+    "postgres_ddl",
+]
 
 log = logging.getLogger(__name__)
 
-Row = sqlite3.Row
-Params = Sequence[Any] | dict[str, Any]
+Params = Sequence[Any]
+Dialect = Literal["sqlite", "postgres"]
+
+
+class Row(Protocol):
+    """A result row, readable by position (``row[0]``) and by column name (``row["id"]``)."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+    def keys(self) -> Iterable[str]: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+# A constraint violation (unique, foreign key, not null, check) on either engine: ``except IntegrityError``.
+# PostgreSQL's are raised as :class:`PgIntegrityError`, a subclass.
+IntegrityError = sqlite3.IntegrityError
+
+
+class PgIntegrityError(sqlite3.IntegrityError):
+    """A PostgreSQL constraint violation (the asyncpg error is its ``__cause__``)."""
+
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -38,27 +88,88 @@ _PRAGMAS = (
 class Migration(msgspec.Struct, frozen=True):
     """One schema change of one component, applied once, in ``version`` order, in a transaction.
 
-    ``sql`` is a script of one or more statements. Components are independent: ``core``,
-    ``storage``, a plugin's name... so a plugin can never collide with the appliance's own versions.
+    ``sql`` is a script of one or more statements in SQLite's DDL. On PostgreSQL it runs through
+    :func:`postgres_ddl`, unless ``postgres`` gives the script to run there instead (used verbatim).
+    Components are independent: ``core``, ``storage``, a plugin's name... so a plugin can never
+    collide with the appliance's own versions.
     """
 
     component: str
     version: int
     name: str
     sql: str
+    postgres: str | None = None
+
+    def script(self, dialect: Dialect) -> str:
+        if dialect == "sqlite":
+            return self.sql
+        return self.postgres if self.postgres is not None else postgres_ddl(self.sql)
+
+
+# ---------------------------------------------------------------- SQL text ---
+
+# String literals, quoted identifiers and comments: never rewritten.
+_OPAQUE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+# Type names are matched in upper case only (every migration writes them so): a column named
+# ``blob`` or ``real`` keeps its name.
+_DDL_TYPES = (
+    (
+        re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b"),
+        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    ),
+    (re.compile(r"\)\s*WITHOUT\s+ROWID\b"), ")"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+)
+
+
+def _outside_literals(sql: str, rewrite: Callable[[str], str]) -> str:
+    out: list[str] = []
+    pos = 0
+    for match in _OPAQUE.finditer(sql):
+        out.append(rewrite(sql[pos : match.start()]))
+        out.append(match.group(0))
+        pos = match.end()
+    out.append(rewrite(sql[pos:]))
+    return "".join(out)
+
+
+def postgres_ddl(sql: str) -> str:
+    """SQLite DDL to PostgreSQL: column types and autoincrement keys (string literals untouched)."""
+
+    def types(segment: str) -> str:
+        for pattern, replacement in _DDL_TYPES:
+            segment = pattern.sub(replacement, segment)
+        return segment
+
+    return _outside_literals(sql, types)
+
+
+@functools.lru_cache(maxsize=4096)
+def placeholders(sql: str) -> str:
+    """``?`` placeholders to PostgreSQL's ``$1, $2...`` (not inside literals, identifiers or comments)."""
+    counter = itertools.count(1)
+    return _outside_literals(sql, lambda segment: re.sub(r"\?", lambda _: f"${next(counter)}", segment))
+
+
+# ------------------------------------------------------------------ SQLite ---
 
 
 class Tx:
     """A write transaction. Statements run on the writer connection; nothing is visible until commit."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, conn: Any) -> None:
         self._conn = conn
         self._after_commit: list[Callable[[], Awaitable[None] | None]] = []
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; return the number of rows it changed."""
         cursor = await self._conn.execute(sql, params)
-        count = cursor.rowcount
+        count: int = cursor.rowcount
         await cursor.close()
         return count
 
@@ -76,9 +187,17 @@ class Tx:
         """Run ``callback`` once the transaction has committed (e.g. wake a dispatcher)."""
         self._after_commit.append(callback)
 
+    async def _committed(self) -> None:
+        for callback in self._after_commit:
+            result = callback()
+            if result is not None:
+                await result
+
 
 class Database:
-    """The appliance's SQLite metadata store."""
+    """The appliance's metadata store on SQLite (and the interface :class:`PostgresDatabase` implements)."""
+
+    dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path | str, readers: int = 2) -> None:
         self.path = str(path)
@@ -88,6 +207,11 @@ class Database:
         self._next_reader: itertools.cycle[int] = itertools.cycle([0])
         self._write_lock = asyncio.Lock()
         self._inline: sqlite3.Connection | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for messages (never includes a password)."""
+        return self.path
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -140,30 +264,36 @@ class Database:
                 await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
-        for callback in tx._after_commit:
-            result = callback()
-            if result is not None:
-                await result
+        await tx._committed()
 
-    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        """Read one row from committed data (or ``None``)."""
+    async def fetchone(self, sql: str, params: Params = (), *, lag_ok: bool = False) -> Row | None:
+        """Read one row from committed data (or ``None``).
+
+        ``lag_ok``: the caller tolerates a slightly stale answer (a listing, a dashboard), so with read
+        replicas configured the read may go to one, unless this request (task) already wrote.
+        """
         rows = await self._reader().execute_fetchall(sql, params)
         return next(iter(rows), None)
 
-    def fetchone_inline(self, sql: str, params: Params = ()) -> Row | None:
-        """Read one row on the calling (event-loop) thread: for indexed point lookups on hot paths only.
+    async def point_read(self, sql: str, params: Params = ()) -> Row | None:
+        """An indexed point lookup on a hot path (e.g. authentication).
 
-        A primary-key read from a WAL database takes microseconds, less than handing it to a worker
-        thread and back (which more than halved the throughput of authenticated requests). WAL readers
-        never wait for writers, so this does not block on a busy writer.
+        On SQLite it runs on the calling (event-loop) thread: a primary-key read from a WAL database
+        takes microseconds, less than handing it to a worker thread and back (which more than halved
+        the throughput of authenticated requests), and WAL readers never wait for writers. On
+        PostgreSQL it is an ordinary awaited read.
         """
+        return self.fetchone_inline(sql, params)
+
+    def fetchone_inline(self, sql: str, params: Params = ()) -> Row | None:
+        """:meth:`point_read`, synchronously: SQLite only."""
         if self._inline is None:
             raise RuntimeError("database is not open")
         row: Row | None = self._inline.execute(sql, params).fetchone()
         return row
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        """Read all rows from committed data."""
+    async def fetchall(self, sql: str, params: Params = (), *, lag_ok: bool = False) -> list[Row]:
+        """Read all rows from committed data (``lag_ok``: as for :meth:`fetchone`)."""
         return list(await self._reader().execute_fetchall(sql, params))
 
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -177,22 +307,12 @@ class Database:
         Components apply in the order first listed, each component's versions in ascending order.
         """
         conn = self.writer
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
-            " name TEXT NOT NULL, applied_at REAL NOT NULL, PRIMARY KEY (component, version))"
-        )
+        await conn.execute(_SCHEMA_MIGRATIONS)
         done = {
             (r[0], r[1])
             for r in await conn.execute_fetchall("SELECT component, version FROM schema_migrations")
         }
-        # Components apply in the order they are first listed (core first), versions in order within each.
-        listed = list(migrations)
-        rank = {c: i for i, c in reversed(list(enumerate(m.component for m in listed)))}
-        pending = sorted(
-            (m for m in listed if (m.component, m.version) not in done),
-            key=lambda m: (rank[m.component], m.version),
-        )
-        _check_unique(pending)
+        pending = _pending(migrations, done)
         for migration in pending:
             await self._apply(migration)
         return pending
@@ -216,6 +336,24 @@ class Database:
         log.info("applied migration %s#%s %s", migration.component, migration.version, migration.name)
 
 
+_SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
+    " name TEXT NOT NULL, applied_at REAL NOT NULL, PRIMARY KEY (component, version))"
+)
+
+
+def _pending(migrations: Iterable[Migration], done: set[tuple[str, int]]) -> list[Migration]:
+    # Components apply in the order they are first listed (core first), versions in order within each.
+    listed = list(migrations)
+    rank = {c: i for i, c in reversed(list(enumerate(m.component for m in listed)))}
+    pending = sorted(
+        (m for m in listed if (m.component, m.version) not in done),
+        key=lambda m: (rank[m.component], m.version),
+    )
+    _check_unique(pending)
+    return pending
+
+
 def _quote(text: str) -> str:
     return text.replace("'", "''")
 
@@ -226,3 +364,224 @@ def _check_unique(migrations: Sequence[Migration]) -> None:
         if (m.component, m.version) in seen:
             raise RuntimeError(f"two migrations claim {m.component}#{m.version}")
         seen.add((m.component, m.version))
+
+
+# -------------------------------------------------------------- PostgreSQL ---
+
+
+def _numeric(text: str) -> int | float:
+    # SUM() over BIGINT is NUMERIC in PostgreSQL: give back what SQLite would (int, or float).
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("numeric", encoder=str, decoder=_numeric, schema="pg_catalog", format="text")
+
+
+def _rowcount(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else -1
+
+
+Call = Callable[..., Awaitable[Any]]
+
+
+async def _direct(fn: Call, *args: Any) -> Any:
+    try:
+        return await fn(*args)
+    except Exception as exc:
+        pg = sys.modules.get("asyncpg")
+        if pg is not None and isinstance(exc, pg.IntegrityConstraintViolationError):
+            raise PgIntegrityError(str(exc)) from exc
+        raise
+
+
+class PgTx(Tx):
+    """A transaction on one pooled PostgreSQL connection."""
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, conn: Any, run: Callable[..., Awaitable[Any]] = _direct) -> None:
+        super().__init__(conn)
+        self._run = run
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return _rowcount(await self._run(self._conn.execute, placeholders(sql), *params))
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        await self._run(self._conn.executemany, placeholders(sql), [tuple(r) for r in rows])
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        row: Row | None = await self._run(self._conn.fetchrow, placeholders(sql), *params)
+        return row
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._run(self._conn.fetch, placeholders(sql), *params))
+
+
+class PostgresDatabase(Database):
+    """The metadata store on PostgreSQL: an asyncpg pool; transactions are READ COMMITTED.
+
+    asyncpg connections belong to the event loop that opened the pool. A call from another loop
+    (tests drive services from their own loop while the app runs in a test client's) is handed to
+    the pool's loop and awaited from there.
+    """
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, url: str, pool_size: int = 10, replica_urls: Sequence[str] = ()) -> None:
+        super().__init__(":memory:", readers=0)
+        self.url = url
+        self.pool_size = pool_size
+        self.replica_urls = list(replica_urls)
+        self._pool: asyncpg.Pool | None = None
+        self._replicas: list[asyncpg.Pool] = []
+        self._next_replica: itertools.cycle[int] = itertools.cycle([0])
+        self._home: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def location(self) -> str:
+        return _redact(self.url)
+
+    async def _create_pool(self, url: str) -> asyncpg.Pool:
+        import asyncpg
+
+        try:
+            return await asyncpg.create_pool(
+                url, min_size=self.pool_size, max_size=self.pool_size, init=_init_connection
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise RuntimeError(f"PostgreSQL at {_redact(url)} is unreachable: {exc}") from exc
+
+    async def open(self) -> None:
+        self._pool = await self._create_pool(self.url)
+        try:
+            self._replicas = [await self._create_pool(url) for url in self.replica_urls]
+        except BaseException:
+            await self.close()
+            raise
+        self._next_replica = itertools.cycle(range(len(self._replicas)))
+        self._home = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        pools = [*([self._pool] if self._pool is not None else []), *self._replicas]
+        self._pool, self._replicas = None, []
+        for pool in pools:
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not open")
+        return self._pool
+
+    async def _run(self, fn: Call, *args: Any) -> Any:
+        if asyncio.get_running_loop() is self._home or self._home is None:
+            return await _direct(fn, *args)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_direct(fn, *args), self._home))
+
+    def _read_pool(self, lag_ok: bool) -> asyncpg.Pool:
+        """A replica for a lag-tolerant read, unless this task wrote (read-your-writes); else the primary."""
+        if lag_ok and self._replicas and not _wrote.get():
+            return self._replicas[next(self._next_replica)]
+        return self.pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        _wrote.set(True)
+        pool = self.pool
+        conn = await self._run(pool.acquire)
+        try:
+            transaction = conn.transaction()
+            await self._run(transaction.start)
+            tx = PgTx(conn, self._run)
+            try:
+                yield tx
+            except BaseException:
+                await self._run(transaction.rollback)
+                raise
+            await self._run(transaction.commit)
+        finally:
+            await self._run(pool.release, conn)
+        await tx._committed()
+
+    async def fetchone(self, sql: str, params: Params = (), *, lag_ok: bool = False) -> Row | None:
+        row: Row | None = await self._run(self._read_pool(lag_ok).fetchrow, placeholders(sql), *params)
+        return row
+
+    async def point_read(self, sql: str, params: Params = ()) -> Row | None:
+        return await self.fetchone(sql, params)
+
+    def fetchone_inline(self, sql: str, params: Params = ()) -> Row | None:
+        raise RuntimeError("fetchone_inline is SQLite-only: use await db.point_read(...)")
+
+    async def fetchall(self, sql: str, params: Params = (), *, lag_ok: bool = False) -> list[Row]:
+        return list(await self._run(self._read_pool(lag_ok).fetch, placeholders(sql), *params))
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        _wrote.set(True)
+        return _rowcount(await self._run(self.pool.execute, placeholders(sql), *params))
+
+    async def migrate(self, migrations: Iterable[Migration]) -> list[Migration]:
+        return list(await self._run(self._migrate, list(migrations)))
+
+    async def _migrate(self, migrations: list[Migration]) -> list[Migration]:
+        import asyncpg
+
+        # An advisory lock: nodes starting together migrate one after the other.
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(postgres_ddl(_SCHEMA_MIGRATIONS))
+                done = {
+                    (r[0], r[1]) for r in await conn.fetch("SELECT component, version FROM schema_migrations")
+                }
+                pending = _pending(migrations, done)
+                for migration in pending:
+                    try:
+                        async with conn.transaction():
+                            await conn.execute(migration.script("postgres"))
+                            await conn.execute(
+                                "INSERT INTO schema_migrations (component, version, name, applied_at)"
+                                " VALUES ($1, $2, $3, $4)",
+                                migration.component,
+                                migration.version,
+                                migration.name,
+                                time.time(),
+                            )
+                    except asyncpg.PostgresError as exc:
+                        raise RuntimeError(
+                            f"migration {migration.component}#{migration.version} ({migration.name}) failed: {exc}"
+                        ) from exc
+                    log.info(
+                        "applied migration %s#%s %s", migration.component, migration.version, migration.name
+                    )
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return pending
+
+
+# Whether the current task (an HTTP request, a worker loop) has written: from then on its reads go to
+# the primary, so it reads its own writes even with lagging replicas.
+_wrote: contextvars.ContextVar[bool] = contextvars.ContextVar("appliance_db_wrote", default=False)
+
+_MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"appliance.migrations").digest()[:8], "big", signed=True)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def open_database(
+    url: str, sqlite_path: Path | str, pool_size: int = 10, replica_urls: Sequence[str] = ()
+) -> Database:
+    """The metadata store for ``APPLIANCE_DATABASE_URL``: PostgreSQL for ``postgresql://``, else SQLite."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url, pool_size=pool_size, replica_urls=replica_urls)
+    if replica_urls:
+        raise ValueError("APPLIANCE_DATABASE_REPLICA_URLS needs APPLIANCE_DATABASE_URL (PostgreSQL)")
+    if url:
+        raise ValueError(
+            f"APPLIANCE_DATABASE_URL must be empty (SQLite) or postgresql://..., not {_redact(url)!r}"
+        )
+    return Database(sqlite_path)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from appliance.core.db import Migration
+from appliance.core.db import Migration, postgres_ddl
 
 __all__ = ["MIGRATIONS"]
 
-MIGRATIONS = [
-    Migration(
-        "core",
-        1,
-        "tenants, keys, idempotency, event log",
-        """
+_NOW_SQLITE = "(julianday('now') - 2440587.5) * 86400.0"
+
+_V1 = f"""
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE tenants (
             id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL
@@ -51,7 +48,28 @@ MIGRATIONS = [
             tenant_id TEXT NOT NULL,
             created_at REAL NOT NULL
         );
-        INSERT INTO tenants (id, name, created_at) VALUES ('default', 'Default tenant', (julianday('now') - 2440587.5) * 86400.0);
-        """,
+        INSERT INTO tenants (id, name, created_at) VALUES ('default', 'Default tenant', {_NOW_SQLITE});
+        """
+
+# PostgreSQL only: what lets the capabilities' SQL run unchanged there. ``COLLATE NOCASE`` (an ICU
+# collation, ASCII-and-more case-insensitive) and ``json_each(text)`` over a JSON array, like SQLite's.
+_PG_COMPAT = """
+CREATE COLLATION IF NOT EXISTS nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE OR REPLACE FUNCTION json_each(doc text) RETURNS TABLE (key text, value text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (e.ord - 1)::text, e.elem FROM json_array_elements_text(doc::json) WITH ORDINALITY AS e(elem, ord)
+$$;
+"""
+
+MIGRATIONS = [
+    Migration(
+        "core",
+        1,
+        "tenants, keys, idempotency, event log",
+        _V1,
+        postgres=postgres_ddl(_V1).replace(_NOW_SQLITE, "EXTRACT(EPOCH FROM now())"),
+    ),
+    Migration(
+        "core", 2, "PostgreSQL compatibility: NOCASE collation, json_each(text)", "", postgres=_PG_COMPAT
     ),
 ]

@@ -122,12 +122,14 @@ class TenantService:
 
     async def exists(self, tenant_id: str) -> bool:
         # On the auth path of every root-key request that names a tenant: a point read, inline.
-        return self.db.fetchone_inline("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)) is not None
+        return await self.db.point_read("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)) is not None
 
     async def list(self, limit: int, cursor: str | None) -> Page[Tenant]:
         after = decode_cursor(cursor, str) if cursor else ""
         rows = await self.db.fetchall(
-            "SELECT id, name, created_at FROM tenants WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)
+            "SELECT id, name, created_at FROM tenants WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit + 1),
+            lag_ok=True,
         )
         items = [Tenant(id=r["id"], name=r["name"], created_at=r["created_at"]) for r in rows[:limit]]
         return Page(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
@@ -163,7 +165,9 @@ class KeyService:
         secret = f"{_KEY_PREFIX}_root_{new_secret()}"
         self._root_hash = hash_secret(secret)
         await self.db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('root_key_sha256', ?)", (self._root_hash,)
+            "INSERT INTO meta (key, value) VALUES ('root_key_sha256', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (self._root_hash,),
         )
         return secret
 
@@ -194,6 +198,7 @@ class KeyService:
         rows = await self.db.fetchall(
             "SELECT * FROM api_keys WHERE tenant_id = ? AND id > ? AND revoked_at IS NULL ORDER BY id LIMIT ?",
             (tenant, after, limit + 1),
+            lag_ok=True,
         )
         items = [_key(r) for r in rows[:limit]]
         return Page(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
@@ -213,7 +218,7 @@ class KeyService:
         parts = secret.split("_", 2)
         if len(parts) != 3 or parts[0] != _KEY_PREFIX or len(secret) > 200:
             return None
-        row = self.db.fetchone_inline(
+        row = await self.db.point_read(
             "SELECT tenant_id, scopes, secret_hash FROM api_keys WHERE id = ? AND revoked_at IS NULL",
             (parts[1],),
         )

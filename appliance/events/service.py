@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import logging
 import re
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from appliance.core.db import Migration, Row, Tx
+from appliance.core.db import IntegrityError, Migration, Row, Tx
 from appliance.core.errors import Conflict, NotFound, Unprocessable
 from appliance.core.ids import new_id
 from appliance.core.outbox import Event, emit
@@ -173,7 +172,7 @@ class EventService:
                 await tx.execute(sql, params)
             else:
                 await self.ctx.db.execute(sql, params)
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise Conflict(
                 f"a rule named {data.name!r} already exists; delete it or pick another name"
             ) from None

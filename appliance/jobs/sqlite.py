@@ -92,12 +92,34 @@ _COLUMNS = (
 )
 _ACTIVE = "status IN ('queued', 'running')"
 PRUNE_SQL = "DELETE FROM jobs WHERE status = 'succeeded' AND finished_at < ?"
-# Hands a claimed job back (params: now, tenant, queue, id, lease): the interrupted attempt does not count.
-RELEASE_SQL = (
-    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
-    " history = json_remove(history, '$[#-1]')"
-    " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?"
-)
+# The attempt history (a JSON array in a TEXT column), edited in place: SQLite's JSON functions, or jsonb.
+_HISTORY = {
+    "sqlite": {
+        "drop_last": "json_remove(history, '$[#-1]')",
+        "finish_last": "json_set(history, '$[#-1].finished_at', ?, '$[#-1].error', ?)",
+        "lease_expired": "json_set(history, '$[#-1].finished_at', ?, '$[#-1].error', 'lease expired')",
+        "append": "json_insert(history, '$[#]', json(?))",
+    },
+    "postgres": {
+        "drop_last": "(history::jsonb - -1)::text",
+        "finish_last": "jsonb_set(jsonb_set(history::jsonb, '{-1,finished_at}', to_jsonb(?::double precision)),"
+        " '{-1,error}', COALESCE(to_jsonb(?::text), 'null'::jsonb))::text",
+        "lease_expired": "jsonb_set(jsonb_set(history::jsonb, '{-1,finished_at}', to_jsonb(?::double precision)),"
+        " '{-1,error}', '\"lease expired\"'::jsonb)::text",
+        "append": "(history::jsonb || jsonb_build_array(?::jsonb))::text",
+    },
+}
+
+
+def release_sql(dialect: str) -> str:
+    """Hands a claimed job back (params: now, tenant, queue, id, lease): the interrupted attempt does not count."""
+    return (
+        "UPDATE jobs SET status = 'queued', attempts = attempts - 1, due_at = ?, lease = NULL,"
+        f" history = {_HISTORY[dialect]['drop_last']}"
+        " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?"
+    )
+
+
 _CLAIM_COLUMNS = (
     "tenant_id, queue, id, type, payload, status, priority, attempts, max_attempts, backoff, timeout_s,"
     " created_at, due_at"
@@ -259,7 +281,7 @@ class SqliteQueue:
 
     async def health(self) -> BackendStatus:
         row = await self.db.fetchone(
-            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND due_at <= ? LIMIT 100000)",
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND due_at <= ? LIMIT 100000) AS due_jobs",
             (time.time(),),
         )
         due = row["n"] if row else 0
@@ -338,7 +360,9 @@ class SqliteQueue:
 
     async def _claim(self, tx: Tx, limit: int, now: float) -> list[_Claimed]:
         rows = await tx.fetchall(
-            f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE {_ACTIVE} AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?",
+            f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE {_ACTIVE} AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?"
+            # PostgreSQL: workers on several nodes claim concurrently; each skips the rows another holds.
+            + (" FOR UPDATE SKIP LOCKED" if tx.dialect == "postgres" else ""),
             (now, limit),
         )
         return await claim_rows(tx, rows, now)
@@ -359,7 +383,7 @@ class SqliteQueue:
             async with self.db.transaction() as tx:
                 await _write_outcomes(tx, outcomes, time.time())
                 await tx.executemany(
-                    RELEASE_SQL,
+                    release_sql(tx.dialect),
                     [(time.time(), c.job.tenant, c.job.queue, c.job.id, c.lease) for c in released],
                 )
 
@@ -403,8 +427,8 @@ async def _write_outcomes(tx: Tx, outcomes: list[_Outcome], now: float) -> None:
     await tx.executemany(
         "UPDATE jobs SET status = ?, result = ?, error = ?, lease = NULL,"
         " due_at = CASE WHEN ? = 'queued' THEN ? ELSE due_at END,"
-        " finished_at = CASE WHEN ? = 'queued' THEN NULL ELSE ? END,"
-        " history = json_set(history, '$[#-1].finished_at', ?, '$[#-1].error', ?)"
+        " finished_at = CASE WHEN ? = 'queued' THEN NULL ELSE CAST(? AS DOUBLE PRECISION) END,"
+        f" history = {_HISTORY[tx.dialect]['finish_last']}"
         " WHERE tenant_id = ? AND queue = ? AND id = ? AND lease = ?",
         [
             (
@@ -459,14 +483,14 @@ async def claim_rows(tx: Tx, rows: list[Row], now: float) -> list[_Claimed]:
         await tx.executemany(
             "UPDATE jobs SET status = 'dead', lease = NULL, finished_at = ?,"
             " error = 'the worker running the last attempt stopped (lease expired)',"
-            " history = json_set(history, '$[#-1].finished_at', ?, '$[#-1].error', 'lease expired')"
+            f" history = {_HISTORY[tx.dialect]['lease_expired']}"
             " WHERE tenant_id = ? AND queue = ? AND id = ?",
             lost,
         )
     if updates:
         await tx.executemany(
             "UPDATE jobs SET status = 'running', attempts = ?, lease = ?, due_at = ?, started_at = ?,"
-            " history = json_insert(history, '$[#]', json(?))"
+            f" history = {_HISTORY[tx.dialect]['append']}"
             " WHERE tenant_id = ? AND queue = ? AND id = ?",
             updates,
         )

@@ -28,12 +28,12 @@ from appliance.jobs import JobRecord, NewJob
 from appliance.jobs.sqlite import (
     _CLAIM_COLUMNS,
     PRUNE_SQL,
-    RELEASE_SQL,
     SqliteQueue,
     _Claimed,
     _Outcome,
     _write_outcomes,
     claim_rows,
+    release_sql,
 )
 
 __all__ = ["ClaimBatcher", "Key", "PushKey", "TransportQueue"]
@@ -123,7 +123,8 @@ class TransportQueue(SqliteQueue):
         with contextlib.suppress(Exception):
             async with self.db.transaction() as tx:
                 await tx.execute(
-                    RELEASE_SQL, (time.time(), item.job.tenant, item.job.queue, item.job.id, item.lease)
+                    release_sql(tx.dialect),
+                    (time.time(), item.job.tenant, item.job.queue, item.job.id, item.lease),
                 )
 
 

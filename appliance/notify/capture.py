@@ -52,19 +52,22 @@ class CaptureMailer:
     async def send(self, message: OutgoingEmail) -> str:
         composed = compose(message)
         # A retry of the same email replaces its capture: delivery is at least once, the catcher shows it once.
-        await self.db.execute(
-            "INSERT OR REPLACE INTO email_captures (email_id, tenant_id, sender, recipients, subject, mime,"
-            " captured_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.id,
-                message.tenant,
-                message.sender,
-                msgspec.json.encode(message.to).decode(),
-                message.subject,
-                composed.data,
-                time.time(),
-            ),
-        )
+        # Delete then insert (not an upsert): the new row gets a new, larger rowid.
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM email_captures WHERE email_id = ?", (message.id,))
+            await tx.execute(
+                "INSERT INTO email_captures (email_id, tenant_id, sender, recipients, subject, mime,"
+                " captured_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.id,
+                    message.tenant,
+                    message.sender,
+                    msgspec.json.encode(message.to).decode(),
+                    message.subject,
+                    composed.data,
+                    time.time(),
+                ),
+            )
         return composed.message_id
 
     async def health(self) -> BackendStatus:

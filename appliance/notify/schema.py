@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from appliance.core.db import Migration
+from appliance.core.db import Migration, postgres_ddl
 
 __all__ = ["MIGRATIONS"]
 
-MIGRATIONS = [
-    Migration(
-        "notify",
-        1,
-        "templates, emails, captures, push subscriptions and pushes",
-        """
+_V1 = """
         CREATE TABLE email_templates (
             tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
             name TEXT NOT NULL,
@@ -94,6 +89,18 @@ MIGRATIONS = [
             outcome TEXT NOT NULL,
             PRIMARY KEY (push_id, subscription_id)
         );
-        """,
+        """
+
+MIGRATIONS = [
+    Migration(
+        "notify",
+        1,
+        "templates, emails, captures, push subscriptions and pushes",
+        _V1,
+        # SQLite orders captures by rowid; PostgreSQL has none, so it gets an identity column of that name.
+        postgres=postgres_ddl(_V1).replace(
+            "email_id TEXT PRIMARY KEY,",
+            "rowid BIGINT GENERATED ALWAYS AS IDENTITY, email_id TEXT PRIMARY KEY,",
+        ),
     ),
 ]

@@ -96,8 +96,10 @@ class NotifyService:
             )
             created_at = row["created_at"] if row else now
             await tx.execute(
-                "INSERT OR REPLACE INTO email_templates (tenant_id, name, subject, html, text, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO email_templates (tenant_id, name, subject, html, text, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name) DO UPDATE SET"
+                " subject = excluded.subject, html = excluded.html, text = excluded.text,"
+                " created_at = excluded.created_at, updated_at = excluded.updated_at",
                 (tenant, name, data.subject, data.html, data.text, created_at, now),
             )
         template = Template(
@@ -298,14 +300,16 @@ class NotifyService:
 
     async def _reserve_pace(self, tx: Tx, tenant: str, count: int, per_s: float) -> float:
         """Seconds from now until this batch may start, so batches of one tenant queue behind each other."""
-        now = time.time()
-        row = await tx.fetchone("SELECT next_at FROM email_bulk_pace WHERE tenant_id = ?", (tenant,))
-        start_at = max(now, row["next_at"] if row else now)
-        await tx.execute(
-            "INSERT OR REPLACE INTO email_bulk_pace (tenant_id, next_at) VALUES (?, ?)",
-            (tenant, start_at + count / per_s),
+        now, span = time.time(), count / per_s
+        # One statement, so concurrent batches (even on several nodes) each reserve their own slot.
+        row = await tx.fetchone(
+            "INSERT INTO email_bulk_pace (tenant_id, next_at) VALUES (?, ?) ON CONFLICT (tenant_id) DO UPDATE"
+            " SET next_at = CASE WHEN email_bulk_pace.next_at > ? THEN email_bulk_pace.next_at ELSE ? END + ?"
+            " RETURNING next_at",
+            (tenant, now + span, now, now, span),
         )
-        return start_at - now
+        assert row is not None
+        return float(row["next_at"]) - span - now
 
     async def get_email(self, tenant: str, email_id: str) -> EmailRecord:
         row = await self.db.fetchone(
@@ -408,8 +412,10 @@ class NotifyService:
             )
             sub_id, created_at = (row["id"], row["created_at"]) if row else (new_id("sub"), now)
             await tx.execute(
-                "INSERT OR REPLACE INTO push_subscriptions (id, tenant_id, user_id, endpoint, p256dh, auth,"
-                " topics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO push_subscriptions (id, tenant_id, user_id, endpoint, p256dh, auth,"
+                " topics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " user_id = excluded.user_id, p256dh = excluded.p256dh, auth = excluded.auth,"
+                " topics = excluded.topics",
                 (sub_id, tenant, data.user_id, endpoint, keys.p256dh, keys.auth, _json(topics), created_at),
             )
         sub = Subscription(
@@ -513,7 +519,8 @@ class NotifyService:
         async with self.db.transaction() as tx:
             for sub_id, outcome in done:
                 await tx.execute(
-                    "INSERT OR IGNORE INTO push_deliveries (push_id, subscription_id, outcome) VALUES (?, ?, ?)",
+                    "INSERT INTO push_deliveries (push_id, subscription_id, outcome) VALUES (?, ?, ?)"
+                    " ON CONFLICT (push_id, subscription_id) DO NOTHING",
                     (row["id"], sub_id, outcome),
                 )
                 if outcome == "gone":  # 404/410: the browser dropped it; so do we
@@ -661,7 +668,9 @@ def make_pusher(ctx: Context) -> Pusher:
         return pusher
     from appliance.notify.webpush import WebPusher
 
-    return WebPusher(Path(ctx.settings.data_dir), ctx.settings.mail_from)
+    return WebPusher(
+        Path(ctx.settings.data_dir), ctx.settings.mail_from, private_key=ctx.settings.vapid_private_key
+    )
 
 
 def install_service(ctx: Context) -> NotifyService:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02, b64urlencode
 from pywebpush import WebPushException, webpush_async
 
+from appliance.config import ConfigError
 from appliance.core.context import BackendStatus
 from appliance.notify.messages import PushTarget, PushUnavailable
 
@@ -28,8 +29,20 @@ VAPID_FILE = "vapid_private.pem"
 PushOutcome = Literal["delivered", "gone", "rejected"]
 
 
-def load_vapid(data_dir: Path) -> Vapid02:
-    """The VAPID key of this box: read from ``data_dir``, or generated and saved there on first run."""
+def load_vapid(data_dir: Path, configured: str = "") -> Vapid02:
+    """The VAPID key: ``APPLIANCE_VAPID_PRIVATE_KEY`` when set (several nodes must share one), else read
+    from ``data_dir``, or generated and saved there on first run."""
+    if configured:
+        text = configured.strip()
+        try:
+            if text.startswith("-----BEGIN"):
+                return Vapid02.from_pem(text.encode())
+            return Vapid02.from_string(text)
+        except Exception as exc:
+            raise ConfigError(
+                "APPLIANCE_VAPID_PRIVATE_KEY must be a PEM EC private key or its base64url raw/DER form"
+                f" ({type(exc).__name__})"
+            ) from None
     path = data_dir / VAPID_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,15 +72,16 @@ class WebPusher:
 
     name = "webpush"
 
-    def __init__(self, data_dir: Path, contact: str, timeout: float = 10.0) -> None:
+    def __init__(self, data_dir: Path, contact: str, timeout: float = 10.0, private_key: str = "") -> None:
         self._data_dir = data_dir
+        self._private_key = private_key
         self._contact = contact if contact.startswith(("mailto:", "https:")) else f"mailto:{contact}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._vapid: Vapid02 | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._vapid = load_vapid(self._data_dir)
+        self._vapid = load_vapid(self._data_dir, self._private_key)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -77,7 +91,7 @@ class WebPusher:
     @property
     def vapid(self) -> Vapid02:
         if self._vapid is None:
-            self._vapid = load_vapid(self._data_dir)
+            self._vapid = load_vapid(self._data_dir, self._private_key)
         return self._vapid
 
     def public_key(self) -> str:

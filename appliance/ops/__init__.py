@@ -10,6 +10,7 @@ from pathlib import Path
 
 from litestar.types import ControllerRouterHandler
 
+from appliance.config import ConfigError
 from appliance.core.context import Context
 from appliance.ops.backup import BackupError, backup, prune
 
@@ -41,6 +42,11 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
     interval = ctx.settings.backup_interval_hours * 3600
     if interval <= 0 or not ctx.runs_workers:
         return []
+    if ctx.settings.database_url:
+        raise ConfigError(
+            "APPLIANCE_BACKUP_INTERVAL_HOURS backs up a SQLite data dir; with APPLIANCE_DATABASE_URL the metadata"
+            " is in PostgreSQL: schedule pg_dump (or use PostgreSQL's continuous archiving) instead"
+        )
     task: asyncio.Task[None] | None = None
 
     async def loop() -> None:

@@ -207,9 +207,17 @@ async def apply_payment(
         )
     if _advances(before.status, snapshot.status):
         await tx.execute(
-            "UPDATE payments SET status = ?, failure = ?, amount_captured = MAX(amount_captured, ?),"
+            "UPDATE payments SET status = ?, failure = ?,"
+            " amount_captured = CASE WHEN amount_captured > ? THEN amount_captured ELSE ? END,"
             " updated_at = ? WHERE id = ?",
-            (snapshot.status, snapshot.failure, snapshot.amount_captured, now, payment_id),
+            (
+                snapshot.status,
+                snapshot.failure,
+                snapshot.amount_captured,
+                snapshot.amount_captured,
+                now,
+                payment_id,
+            ),
         )
     after = await load_payment(tx, tenant, payment_id)
     assert after is not None

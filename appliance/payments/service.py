@@ -405,7 +405,8 @@ class PaymentService:
             raise ServiceUnavailable(str(exc)) from None
         async with self.ctx.db.transaction() as tx:
             fresh = await tx.execute(
-                "INSERT OR IGNORE INTO payment_webhook_events (event_id, type, received_at) VALUES (?, ?, ?)",
+                "INSERT INTO payment_webhook_events (event_id, type, received_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
                 (event.id, event.type, time.time()),
             )
             if not fresh:

@@ -55,7 +55,8 @@ class TokenSigner:
     async def load(self) -> None:
         """Adopt the stored signing secret, generating it on first run (the first node to start wins)."""
         await self._db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_META_KEY, new_secret(32))
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (_META_KEY, new_secret(32)),
         )
         row = await self._db.fetchone("SELECT value FROM meta WHERE key = ?", (_META_KEY,))
         assert row is not None

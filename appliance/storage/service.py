@@ -216,7 +216,8 @@ class StorageService:
         # process of the install signs alike.
         async with self.ctx.db.transaction() as tx:
             await tx.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_SIGNING_ROW, new_secret(32))
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (_SIGNING_ROW, new_secret(32)),
             )
             row = await tx.fetchone("SELECT value FROM meta WHERE key = ?", (_SIGNING_ROW,))
         assert row is not None
@@ -278,8 +279,12 @@ class StorageService:
             if old is not None:
                 info.created_at = old["created_at"]
             await tx.execute(
-                "INSERT OR REPLACE INTO storage_objects (tenant_id, bucket, key, blob, size, etag, content_type,"
-                " cache_control, metadata, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO storage_objects (tenant_id, bucket, key, blob, size, etag, content_type,"
+                " cache_control, metadata, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (tenant_id, bucket, key) DO UPDATE SET blob = excluded.blob, size = excluded.size,"
+                " etag = excluded.etag, content_type = excluded.content_type,"
+                " cache_control = excluded.cache_control, metadata = excluded.metadata,"
+                " created_at = excluded.created_at, updated_at = excluded.updated_at",
                 (
                     tenant,
                     info.bucket,

@@ -191,10 +191,10 @@ async def test_literal_email_and_idempotency_key(client: Client, app: Litestar) 
 
 
 async def test_capture_listing_paginates_newest_first(client: Client, app: Litestar) -> None:
-    for index in range(5):
+    for index in range(5):  # one at a time: concurrent deliveries may capture in any order
         body = {"to": "ada@example.com", "subject": f"n{index}", "text": "t"}
         assert (await client.post("/v1/email", json=body, headers=ROOT)).status_code == 202
-    await deliver(app)
+        await deliver(app)
     seen: list[str] = []
     cursor = None
     while True:
@@ -219,8 +219,9 @@ async def test_bulk_is_paced_and_all_delivered(client: Client, app: Litestar, tm
     captured = (await client.get("/v1/email", headers=ROOT)).json()["items"]
     assert len(captured) == 6  # the keyed repeat queued nothing
     times = sorted(m["captured_at"] for m in captured)
-    # Six messages at 20/s span at least 5/20 s: the later ones waited their turn.
-    assert times[-1] - times[0] >= 5 / 20 - 0.01
+    # Six messages at 20/s span at least 5/20 s: the later ones waited their turn. (The slack covers a
+    # late pickup of the first one on a busy machine; unpaced, the span would be near 0.)
+    assert times[-1] - times[0] >= 5 / 20 - 0.05
 
 
 async def test_bulk_with_one_bad_message_queues_nothing(client: Client, app: Litestar) -> None:

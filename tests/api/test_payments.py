@@ -100,7 +100,7 @@ async def succeed(client: Client, payment: dict[str, Any]) -> None:
 
 async def events(app: Litestar, tenant: str) -> list[tuple[str, dict[str, Any]]]:
     rows = await app.state.ctx.db.fetchall(
-        "SELECT type, payload FROM events WHERE tenant_id = ? AND source = 'payments' ORDER BY rowid",
+        "SELECT type, payload FROM events WHERE tenant_id = ? AND source = 'payments' ORDER BY created_at, id",
         (tenant,),
     )
     return [(r["type"], msgspec.json.decode(r["payload"])) for r in rows]

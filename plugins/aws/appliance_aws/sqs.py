@@ -69,6 +69,12 @@ NAME_MAX = 80
 PREFIX_PATTERN = r"^[A-Za-z0-9_-]{0,40}$"
 _MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
+# When the job's last attempt finished (its history is a JSON array in a TEXT column).
+_LAST_FINISHED = {
+    "sqlite": "json_extract(history, '$[#-1].finished_at')",
+    "postgres": "(history::jsonb -> -1 ->> 'finished_at')::double precision",
+}
+
 Target = tuple[str, int]  # (appliance queue, priority): one SQS queue
 
 
@@ -261,7 +267,7 @@ class SqsQueue(TransportQueue):
         rows = await self.db.fetchall(
             "SELECT tenant_id, queue, id, priority, due_at FROM jobs WHERE status = 'queued'"
             " AND due_at > ? AND due_at <= ? AND (CASE WHEN attempts = 0 THEN run_at - created_at"
-            " ELSE due_at - json_extract(history, '$[#-1].finished_at') END) > ?"
+            f" ELSE due_at - {_LAST_FINISHED[self.db.dialect]} END) > ?"
             " ORDER BY due_at LIMIT 1000",
             (self._horizon, horizon, MAX_DELAY_S),
         )

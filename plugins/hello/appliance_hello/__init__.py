@@ -37,7 +37,7 @@ async def hello(state: State, scope: Scope) -> Greeting:
     async with db.transaction() as tx:
         await tx.execute(
             "INSERT INTO hello_visits (tenant_id, visits) VALUES (?, 1)"
-            " ON CONFLICT (tenant_id) DO UPDATE SET visits = visits + 1",
+            " ON CONFLICT (tenant_id) DO UPDATE SET visits = hello_visits.visits + 1",
             (tenant,),
         )
         row = await tx.fetchone("SELECT visits FROM hello_visits WHERE tenant_id = ?", (tenant,))
@@ -94,7 +94,7 @@ async def count_event(ctx: Any, event: Any) -> None:
     async with ctx.db.transaction() as tx:
         await tx.execute(
             "INSERT INTO hello_visits (tenant_id, visits) VALUES (?, 1)"
-            " ON CONFLICT (tenant_id) DO UPDATE SET visits = visits + 1",
+            " ON CONFLICT (tenant_id) DO UPDATE SET visits = hello_visits.visits + 1",
             (event.tenant,),
         )
 
