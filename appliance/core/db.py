@@ -283,10 +283,6 @@ class Database:
         the throughput of authenticated requests), and WAL readers never wait for writers. On
         PostgreSQL it is an ordinary awaited read.
         """
-        return self.fetchone_inline(sql, params)
-
-    def fetchone_inline(self, sql: str, params: Params = ()) -> Row | None:
-        """:meth:`point_read`, synchronously: SQLite only."""
         if self._inline is None:
             raise RuntimeError("database is not open")
         row: Row | None = self._inline.execute(sql, params).fetchone()
@@ -511,9 +507,6 @@ class PostgresDatabase(Database):
 
     async def point_read(self, sql: str, params: Params = ()) -> Row | None:
         return await self.fetchone(sql, params)
-
-    def fetchone_inline(self, sql: str, params: Params = ()) -> Row | None:
-        raise RuntimeError("fetchone_inline is SQLite-only: use await db.point_read(...)")
 
     async def fetchall(self, sql: str, params: Params = (), *, lag_ok: bool = False) -> list[Row]:
         return list(await self._run(self._read_pool(lag_ok).fetch, placeholders(sql), *params))

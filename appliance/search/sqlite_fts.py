@@ -74,6 +74,26 @@ _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_EXACT_CHARS = 100  # longer fields are prose: an exact match of the whole of one is not a signal
 EXACT_BONUS = 1000.0
 
+# The indexing task queue: in search.db up to search#1, in its own file (search-queue.db) since.
+_TASKS_DDL = """
+        CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant_id TEXT NOT NULL,
+            index_name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            documents INTEGER NOT NULL,
+            payload BLOB,
+            error TEXT,
+            enqueued_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        );
+        CREATE INDEX tasks_queued ON tasks (status, seq);
+        CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
+        """
+
 _MIGRATIONS = [
     Migration(
         "search",
@@ -90,23 +110,8 @@ _MIGRATIONS = [
             PRIMARY KEY (tenant_id, name)
         );
         CREATE TABLE generations (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL);
-        CREATE TABLE tasks (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            tenant_id TEXT NOT NULL,
-            index_name TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            status TEXT NOT NULL,
-            documents INTEGER NOT NULL,
-            payload BLOB,
-            error TEXT,
-            enqueued_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL
-        );
-        CREATE INDEX tasks_queued ON tasks (status, seq);
-        CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
-        """,
+        """
+        + _TASKS_DDL,
     ),
     Migration(
         "search",
@@ -120,24 +125,7 @@ _QUEUE_MIGRATIONS = [
         "search-queue",
         1,
         "indexing tasks (moved from search.db, where version 1 kept them)",
-        """
-        CREATE TABLE tasks (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            tenant_id TEXT NOT NULL,
-            index_name TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            status TEXT NOT NULL,
-            documents INTEGER NOT NULL,
-            payload BLOB,
-            error TEXT,
-            enqueued_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL
-        );
-        CREATE INDEX tasks_queued ON tasks (status, seq);
-        CREATE INDEX tasks_by_index ON tasks (tenant_id, index_name, seq);
-        """,
+        _TASKS_DDL,
     )
 ]
 _TASK_COLUMNS = "seq, id, tenant_id, index_name, kind, status, documents, payload, error, enqueued_at, started_at, finished_at"
