@@ -611,8 +611,10 @@ def test_payments_panel_creates_a_payment_and_refunds_part_of_it(
     page = ui.page
     ui.sign_in()
     ui.open("Payments")
+    expect(page.get_by_text("No payments yet.")).to_be_visible()  # the panel has loaded its ledger
     page.get_by_label("Amount (minor units)", exact=True).fill("2500")
     page.get_by_label("Currency").fill("eur")
+    expect(page.get_by_label("Currency")).to_have_value("eur")
     page.get_by_role("button", name="Create payment").click()
     # stripe-mock's canned answer: not paid yet, so not refundable
     expect(page.get_by_role("definition").filter(has_text="requires_payment_method")).to_be_visible()
