@@ -138,7 +138,7 @@ def appliance(data_dir: Path) -> Iterator[tuple[str, int]]:
     process = subprocess.Popen([sys.executable, "-m", "appliance", "run"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a busy machine starts it slowly
         while time.monotonic() < deadline:
             try:
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:

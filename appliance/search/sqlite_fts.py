@@ -38,7 +38,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ MAX_FACET_VALUES = 100
 BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
 _WRITE_CHUNK = 1_000
+_MAX_STATEMENT_ROWS = 1_024  # rows per multi-row INSERT (its SQL text grows with them)
 _REGISTRY_TTL_S = 2.0
 INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
@@ -209,6 +210,42 @@ def _facet_key(value: Any) -> str:
     return str(value)
 
 
+@functools.cache
+def _variable_limit() -> int:
+    """How many ``?`` one statement may hold in the SQLite library in use (999 before 3.32)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+
+class _Insert:
+    """A multi-row ``INSERT ... VALUES (...), (...)`` of one table, split into statements of a
+    power-of-two number of rows (so a handful of SQL texts serve every batch, from the statement cache)."""
+
+    def __init__(self, head: str, width: int) -> None:
+        self.head = head
+        self.width = width  # values per row
+        limit = max(1, min(_MAX_STATEMENT_ROWS, _variable_limit() // width))
+        self.most = 1 << (limit.bit_length() - 1)  # the largest power of two within the limit
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        text = self._sql.get(rows)
+        if text is None:
+            row = "(" + ", ".join("?" * self.width) + ")"
+            text = self._sql[rows] = f"{self.head} VALUES {', '.join([row] * rows)}"
+        return text
+
+    def statements(self, values: list[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """(SQL, parameters) inserting the rows whose values ``values`` holds one after another."""
+        rows, start, size = len(values) // self.width, 0, self.most
+        while rows:
+            while size > rows:
+                size >>= 1
+            end = start + size * self.width
+            yield self.sql(size), values[start:end]
+            rows, start = rows - size, end
+
+
 class _Generation:
     """The physical tables of one index generation, and the statements that fill them."""
 
@@ -226,14 +263,12 @@ class _Generation:
         filter_cols = [f.column for f in self.fields.values()]
         self.columns = [*filter_cols, *sort_cols, *self.exact_columns]
         fts_cols = [f"c{i}" for i in range(len(definition.searchable))]
-        self.insert_doc = (
-            f"INSERT INTO {self.docs} (rowid, doc_id{''.join(', ' + c for c in self.columns)}, body)"
-            f" VALUES (?, ?{', ?' * len(self.columns)}, ?)"
+        self.insert_doc = _Insert(
+            f"INSERT INTO {self.docs} (rowid, doc_id{''.join(', ' + c for c in self.columns)}, body)",
+            len(self.columns) + 3,
         )
-        self.insert_fts = (
-            f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)}) VALUES (?{', ?' * len(fts_cols)})"
-        )
-        self.insert_attr = f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc) VALUES (?, ?, ?)"
+        self.insert_fts = _Insert(f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)})", len(fts_cols) + 1)
+        self.insert_attr = _Insert(f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc)", 3)
         weights = ", ".join(repr(w) for w in _weights(len(definition.searchable)))
         self.bm25 = f"bm25({self.fts}, {weights})"
 
@@ -250,6 +285,7 @@ class _Generation:
             "IndexedFields",
             [(f"v{i}", Any, _MISSING if i == 0 else None) for i in range(len(names))],
             rename={f"v{i}": name for i, name in enumerate(names)},
+            gc=False,  # decoded JSON holds no cycles; untracked, a batch's documents trigger no collections
         )
         return (
             msgspec.json.Decoder(struct),
@@ -303,19 +339,23 @@ class _Generation:
         A filterable scalar goes into the field's typed column; each value of a list goes into the
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
         Rows are built a chunk at a time, each chunk's statements handed to the database thread
-        before the next is built, so building (Python) and inserting (SQLite) overlap.
+        before the next is built, so building (Python) and inserting (SQLite) overlap. Each statement
+        inserts many rows (multi-row ``VALUES``): SQLite then runs a whole chunk in a few steps with
+        the GIL released, where ``executemany`` would take the GIL back for every row, and wait for
+        it whenever this thread is busy building the next chunk.
         """
         scalars: set[int] = set()
         lists: set[int] = set()
         pending: list[asyncio.Future[None]] = []
         try:
             for start in range(0, len(docs), _WRITE_CHUNK):
-                doc_rows, fts_rows, attr_rows = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
-                # Scheduled in order, they queue their statements in order on the database thread.
-                pending.append(asyncio.ensure_future(tx.executemany(self.insert_doc, doc_rows)))
-                pending.append(asyncio.ensure_future(tx.executemany(self.insert_fts, fts_rows)))
-                if attr_rows:
-                    pending.append(asyncio.ensure_future(tx.executemany(self.insert_attr, attr_rows)))
+                chunk = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
+                for insert, values in zip(
+                    (self.insert_doc, self.insert_fts, self.insert_attr), chunk, strict=True
+                ):
+                    # Scheduled in order, they queue their statements in order on the database thread.
+                    for sql, params in insert.statements(values):
+                        pending.append(asyncio.ensure_future(tx.executemany(sql, (params,))))
                 await asyncio.sleep(0)  # let them submit their statements
             await asyncio.gather(*pending)
         except BaseException:
@@ -330,40 +370,42 @@ class _Generation:
 
     def _rows(
         self, docs: Sequence[tuple[int, str, Any, Any]], scalars: set[int], lists: set[int]
-    ) -> tuple[list[list[Any]], list[tuple[Any, ...]], list[tuple[int, Any, int]]]:
-        """The docs, FTS and attribute rows of ``docs``; notes which fields got scalars and lists."""
-        doc_rows: list[list[Any]] = []
-        fts_rows: list[tuple[Any, ...]] = []
-        attr_rows: list[tuple[int, Any, int]] = []
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """The docs, FTS and attribute rows of ``docs``, each kind's values one flat list (row after
+        row: few objects for the garbage collector to track); notes which fields got scalars and lists."""
+        doc_values: list[Any] = []
+        fts_values: list[Any] = []
+        attr_values: list[Any] = []
+        add_doc, add_fts, add_attr = doc_values.extend, fts_values.extend, attr_values.extend
         _, text_at, filter_at, sort_at = self._reading
         astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
             values = astuple(doc)
             texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]
-            row: list[Any] = [rowid, doc_id]
+            add_doc((rowid, doc_id))
             for at, number in filter_at:
                 value = values[at]
                 if type(value) is list:
-                    row.append(None)
-                    before = len(attr_rows)
+                    doc_values.append(None)
+                    before = len(attr_values)
                     for item in value:
                         if type(item) is str:
-                            attr_rows.append((number, item, rowid))
+                            add_attr((number, item, rowid))
                         elif isinstance(item, _SCALARS):
-                            attr_rows.append((number, _scalar(item), rowid))
-                    if len(attr_rows) > before:
+                            add_attr((number, _scalar(item), rowid))
+                    if len(attr_values) > before:
                         lists.add(number)
                 else:
                     value = _scalar(value)
-                    row.append(value)
+                    doc_values.append(value)
                     if value is not None:
                         scalars.add(number)
-            row += [_sort_value(values[i]) for i in sort_at]
-            row += [exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts]
-            row.append(body)
-            doc_rows.append(row)
-            fts_rows.append((rowid, *texts))
-        return doc_rows, fts_rows, attr_rows
+            add_doc([_sort_value(values[i]) for i in sort_at])
+            add_doc([exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts])
+            doc_values.append(body)
+            fts_values.append(rowid)
+            add_fts(texts)
+        return doc_values, fts_values, attr_values
 
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
         for start in range(0, len(rowids), 500):
