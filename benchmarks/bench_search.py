@@ -12,7 +12,8 @@ real text does), then:
      batch), and for reference the same with 5,000 per transaction (the worker merges queued batches
      of an index into transactions of up to 5,000 documents);
    * the adapter's layout written by hand: stored JSON body, typed columns for the scalar filterable
-     and sortable fields, exact-match keys, the FTS5 row, attribute rows for list values (tags);
+     and sortable fields, exact-match keys, the row of a contentless FTS5 table, attribute rows for
+     list values (tags);
 2. runs M mixed queries (1-2 words, last one a prefix, plus a filter and a facet) through
    ``POST /v1/indexes/{index}/search`` and as the adapter's SQL, hand-written, on the raw database
    (the same three statements: hits, exact count, facet counts);
@@ -187,7 +188,7 @@ def search_over_http(client: httpx.Client, body: dict[str, Any]) -> tuple[float,
 RAW_SCHEMA = """
 CREATE TABLE docs (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE, f0, f1, f2, s0, x0, x1, body BLOB NOT NULL);
 CREATE INDEX docs_s0 ON docs (s0);
-CREATE VIRTUAL TABLE fts USING fts5(c0, c1, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE fts USING fts5(c0, c1, content = '', tokenize = 'unicode61 remove_diacritics 2');
 CREATE TABLE attrs (field INTEGER NOT NULL, value, doc INTEGER NOT NULL, PRIMARY KEY (field, value, doc)) WITHOUT ROWID;
 CREATE INDEX attrs_doc ON attrs (doc, field, value);
 """

@@ -10,7 +10,9 @@ Each index is a "generation" of four tables, numbered N (the number, not user te
 * ``ixN_docs``: the stored documents (``body``: the JSON bytes as sent), a typed column ``fK`` per
   filterable field holding its value when it is a scalar (NULL for a list), a column ``sK`` per
   sortable field and ``xK`` (the exact-match key) per searchable field;
-* ``ixN_fts``: an FTS5 table, one column per searchable field, ``unicode61 remove_diacritics 2``;
+* ``ixN_fts``: a contentless FTS5 table (``content=''``), one column per searchable field,
+  ``unicode61 remove_diacritics 2``: the texts are not stored a second time, they are derived from
+  the body again to delete a row (FTS5's delete command) or to highlight hits (:class:`_Marker`);
 * ``ixN_attrs``: (field number, value, doc) for each value of a filterable field that holds a list,
   read by filters and facets through its two indexes; most documents need no rows here;
 * ``ixN_kinds``: per filterable field, whether any document gave it a scalar, a list, or both, so a
@@ -66,7 +68,7 @@ MAX_QUERY_WORDS = 32
 MAX_FACET_VALUES = 100
 BATCH_DOCUMENTS = 5_000
 BATCH_TASKS = 100
-_WRITE_CHUNK = 1_000
+_WRITE_CHUNK = 1_024  # a power of two: a chunk's documents go in one statement
 _MAX_STATEMENT_ROWS = 1_024  # rows per multi-row INSERT (its SQL text grows with them)
 _REGISTRY_TTL_S = 2.0
 INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
@@ -130,7 +132,9 @@ _QUEUE_MIGRATIONS = [
     )
 ]
 _TASK_COLUMNS = "seq, id, tenant_id, index_name, kind, status, documents, payload, error, enqueued_at, started_at, finished_at"
-LAYOUT = 2  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes
+LAYOUT = 3  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes;
+# 3: a contentless FTS5 table (the texts are derived from the stored bodies, not stored twice)
+_TOKENIZE = "tokenize = 'unicode61 remove_diacritics 2'"
 
 _RAW_DOCS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
 _MISSING: Any = msgspec.UNSET
@@ -221,9 +225,10 @@ class _Insert:
     """A multi-row ``INSERT ... VALUES (...), (...)`` of one table, split into statements of a
     power-of-two number of rows (so a handful of SQL texts serve every batch, from the statement cache)."""
 
-    def __init__(self, head: str, width: int) -> None:
+    def __init__(self, head: str, width: int, constants: str = "") -> None:
         self.head = head
-        self.width = width  # values per row
+        self.width = width  # values per row (after the ``constants``, SQL text that starts each row)
+        self._row = "(" + constants + ", ".join("?" * width) + ")"
         limit = max(1, min(_MAX_STATEMENT_ROWS, _variable_limit() // width))
         self.most = 1 << (limit.bit_length() - 1)  # the largest power of two within the limit
         self._sql: dict[int, str] = {}
@@ -231,8 +236,7 @@ class _Insert:
     def sql(self, rows: int) -> str:
         text = self._sql.get(rows)
         if text is None:
-            row = "(" + ", ".join("?" * self.width) + ")"
-            text = self._sql[rows] = f"{self.head} VALUES {', '.join([row] * rows)}"
+            text = self._sql[rows] = f"{self.head} VALUES {', '.join([self._row] * rows)}"
         return text
 
     def statements(self, values: list[Any]) -> Iterator[tuple[str, list[Any]]]:
@@ -268,6 +272,12 @@ class _Generation:
             len(self.columns) + 3,
         )
         self.insert_fts = _Insert(f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)})", len(fts_cols) + 1)
+        # FTS5's delete command: a row of the contentless table goes by its rowid and indexed texts
+        self.delete_fts = _Insert(
+            f"INSERT INTO {self.fts} ({self.fts}, rowid, {', '.join(fts_cols)})",
+            len(fts_cols) + 1,
+            "'delete', ",
+        )
         self.insert_attr = _Insert(f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc)", 3)
         weights = ", ".join(repr(w) for w in _weights(len(definition.searchable)))
         self.bm25 = f"bm25({self.fts}, {weights})"
@@ -307,8 +317,8 @@ class _Generation:
             # body last: a scan that tests the typed columns decodes only the start of each record
             f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE{columns},"
             " body BLOB NOT NULL)",
-            f"CREATE VIRTUAL TABLE {self.fts} USING fts5({fts_cols},"
-            " tokenize = 'unicode61 remove_diacritics 2')",
+            # Contentless: the texts are in the stored bodies already; see :meth:`remove` and :class:`_Marker`.
+            f"CREATE VIRTUAL TABLE {self.fts} USING fts5({fts_cols}, content = '', {_TOKENIZE})",
             f"CREATE TABLE {self.attrs} (field INTEGER NOT NULL, value, doc INTEGER NOT NULL,"
             " PRIMARY KEY (field, value, doc)) WITHOUT ROWID",
             f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc, field, value)",
@@ -346,7 +356,7 @@ class _Generation:
         """
         scalars: set[int] = set()
         lists: set[int] = set()
-        pending: list[asyncio.Future[None]] = []
+        pending: list[asyncio.Future[int]] = []
         try:
             for start in range(0, len(docs), _WRITE_CHUNK):
                 chunk = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
@@ -355,7 +365,10 @@ class _Generation:
                 ):
                     # Scheduled in order, they queue their statements in order on the database thread.
                     for sql, params in insert.statements(values):
-                        pending.append(asyncio.ensure_future(tx.executemany(sql, (params,))))
+                        # execute, not executemany: it closes its cursor on the database thread. A
+                        # cursor left to the garbage collector resets its (cached, shared) statement
+                        # from this thread, racing the next use of that statement: "API misuse".
+                        pending.append(asyncio.ensure_future(tx.execute(sql, params)))
                 await asyncio.sleep(0)  # let them submit their statements
             await asyncio.gather(*pending)
         except BaseException:
@@ -381,7 +394,7 @@ class _Generation:
         astuple = msgspec.structs.astuple
         for rowid, doc_id, body, doc in docs:
             values = astuple(doc)
-            texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]
+            texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]  # see texts()
             add_doc((rowid, doc_id))
             for at, number in filter_at:
                 value = values[at]
@@ -407,11 +420,29 @@ class _Generation:
             add_fts(texts)
         return doc_values, fts_values, attr_values
 
+    def texts(self, body: bytes | str) -> list[str]:
+        """The searchable fields' texts of a stored document, exactly as :meth:`_rows` indexed them."""
+        values = msgspec.structs.astuple(self.decoder.decode(body))
+        return [v if type(v) is str else _text(v) for v in [values[i] for i in self._reading[1]]]
+
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
+        """Delete documents and their FTS and attribute rows.
+
+        The FTS5 table is contentless, so a row is deleted by repeating the texts it was indexed
+        with, derived again from the stored body: the derivation (:meth:`texts`) must never change
+        within a layout (a change needs a new ``LAYOUT``, which rebuilds every index at start).
+        """
         for start in range(0, len(rowids), 500):
             chunk = rowids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
-            for table, column in ((self.fts, "rowid"), (self.attrs, "doc"), (self.docs, "rowid")):
+            rows = await tx.fetchall(f"SELECT rowid, body FROM {self.docs} WHERE rowid IN ({marks})", chunk)
+            deletions: list[Any] = []
+            for row in rows:
+                deletions.append(row["rowid"])
+                deletions.extend(self.texts(row["body"]))
+            for sql, params in self.delete_fts.statements(deletions):
+                await tx.execute(sql, params)
+            for table, column in ((self.attrs, "doc"), (self.docs, "rowid")):
                 await tx.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
 
 
@@ -441,6 +472,7 @@ class SqliteFtsEngine:
         self.inline_budget = INLINE_BUDGET_S
         self._inline_steps = inline_steps
         self.moved_to_readers = 0  # searches that ran out of their inline budget
+        self._marker = _Marker()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -469,6 +501,7 @@ class SqliteFtsEngine:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+        self._marker.close()
         await self.queue.close()
         await self.db.close()
 
@@ -797,7 +830,7 @@ class SqliteFtsEngine:
             key = _facet_key(value)
             counts[key] = counts.get(key, 0) + n
         return SearchResult(
-            hits=[plan.hit(h) for h in hits],
+            hits=plan.documents(hits, self._marker),
             total=int(total[0]["n"]),
             facets={f: _top(v) for f, v in facets.items()},
             took_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -945,11 +978,6 @@ class _Plan:
             select_params = [folded] * len(g.exact_columns)
         else:
             columns.append("0.0 AS score")
-        if self.query.highlight and self.match:
-            columns += [
-                f"highlight({g.fts}, {i}, '<mark>', '</mark>') AS h{i}"
-                for i in range(len(g.definition.searchable))
-            ]
         order = []
         for key in self.query.sort:
             column = f"d.{g.sort_column[key.field]}"
@@ -1033,20 +1061,64 @@ class _Plan:
         sql = f"WITH m AS MATERIALIZED (SELECT d.rowid AS doc{picked} {source}) {' UNION ALL '.join(parts)}"
         return sql, params
 
-    def hit(self, row: Row) -> dict[str, Any]:
-        hit: dict[str, Any] = msgspec.json.decode(row["body"])
-        hit["_score"] = float(row["score"])
-        if self.query.highlight:
-            hit["_highlight"] = self._highlight(hit, row)
-        return hit
+    def documents(self, rows: Sequence[Row], marker: _Marker) -> list[dict[str, Any]]:
+        """The documents of the hit rows, with ``_score`` and, when asked for, ``_highlight``."""
+        docs: list[dict[str, Any]] = [msgspec.json.decode(row["body"]) for row in rows]
+        marked = self._highlights(docs, marker) if self.query.highlight else None
+        for i, (doc, row) in enumerate(zip(docs, rows, strict=True)):
+            doc["_score"] = float(row["score"])
+            if marked is not None:
+                doc["_highlight"] = marked[i]
+        return docs
 
-    def _highlight(self, hit: dict[str, Any], row: Row) -> dict[str, str]:
-        marked: dict[str, str] = {}
-        for i, field in enumerate(self.g.definition.searchable):
-            if field not in hit or hit[field] is None:
-                continue
-            marked[field] = row[f"h{i}"] if self.match else _text(hit[field])
-        return marked
+    def _highlights(self, docs: list[dict[str, Any]], marker: _Marker) -> list[dict[str, str]]:
+        fields = self.g.definition.searchable
+        texts = [[_text(doc.get(f)) for f in fields] for doc in docs]  # as indexed (None: "")
+        if self.match:
+            texts = marker.mark(self.match, texts)
+        return [
+            {f: text[i] for i, f in enumerate(fields) if doc.get(f) is not None}
+            for doc, text in zip(docs, texts, strict=True)
+        ]
+
+
+class _Marker:
+    """FTS5's ``highlight()`` for a page of hits.
+
+    An index's FTS5 table is contentless, and FTS5 highlights only the text it stores; so the hits'
+    texts go into a private in-memory FTS5 table (same tokenizer), the query's MATCH runs there, and
+    the transaction is rolled back. The marks are exactly those FTS5 would put in the index's rows.
+    Used on the event-loop thread only, one call at a time.
+    """
+
+    def __init__(self) -> None:
+        self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self._tables: set[int] = set()
+
+    def mark(self, match: str, texts: list[list[str]]) -> list[list[str]]:
+        """``texts`` (per hit, per searchable field) with the matches of ``match`` in ``<mark>``."""
+        if not texts:
+            return texts
+        width = len(texts[0])
+        table, columns = f"m{width}", ", ".join(f"c{i}" for i in range(width))
+        if width not in self._tables:
+            self._conn.execute(f"CREATE VIRTUAL TABLE {table} USING fts5({columns}, {_TOKENIZE})")
+            self._tables.add(width)
+        marks = ", ".join(f"highlight({table}, {i}, '<mark>', '</mark>')" for i in range(width))
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.executemany(
+                f"INSERT INTO {table} (rowid, {columns}) VALUES (?{', ?' * width})",
+                [(i, *row) for i, row in enumerate(texts)],
+            )
+            query = f"SELECT rowid, {marks} FROM {table} WHERE {table} MATCH ?"
+            found = {row[0]: list(row[1:]) for row in self._conn.execute(query, (match,))}
+        finally:
+            self._conn.execute("ROLLBACK")
+        return [found.get(i, row) for i, row in enumerate(texts)]
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 async def _current_generation(tx: Tx, tenant: str, index: str) -> _Generation | None:
