@@ -342,7 +342,7 @@ def main() -> None:
 
     n = len(docs)
     print(
-        f"\nload average (1 min) before indexing {load[0]:.2f}, after {load[1]:.2f} (2 cores: above 1 others compete)"
+        f"\nload average (1 min) before indexing {load[0]:.2f}, after {load[1]:.2f} on {os.cpu_count()} cores"
     )
     print("indexing: docs per second of wall time (and per CPU second: steadier on a busy machine)")
     print(
