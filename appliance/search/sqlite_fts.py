@@ -361,10 +361,10 @@ class _Generation:
         A filterable scalar goes into the field's typed column; each value of a list goes into the
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
         Rows are built (bodies decoded) a chunk at a time, each chunk's statements handed to the
-        database thread before the next is built, so building (Python) and inserting (SQLite) overlap. Each statement
-        inserts many rows (multi-row ``VALUES``): SQLite then runs a whole chunk in a few steps with
-        the GIL released, where ``executemany`` would take the GIL back for every row, and wait for
-        it whenever this thread is busy building the next chunk.
+        database thread before the next is built, so building (Python) and inserting (SQLite)
+        overlap. Each statement inserts many rows (multi-row ``VALUES``): SQLite then runs a whole
+        chunk in a few steps with the GIL released, where ``executemany`` would take the GIL back for
+        every row, and wait for it whenever this thread is busy building the next chunk.
         """
         scalars: set[int] = set()
         lists: set[int] = set()
