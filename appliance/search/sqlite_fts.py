@@ -71,11 +71,10 @@ BATCH_TASKS = 100
 _WRITE_CHUNK = 1_024  # a power of two: a chunk's documents go in one statement
 _MAX_STATEMENT_ROWS = 1_024  # rows per multi-row INSERT (its SQL text grows with them)
 _REGISTRY_TTL_S = 2.0
-# The indexing connection: a page cache that holds the B-tree and FTS pages a batch rewrites (rather
-# than reading them back from the file), and checkpoints every 64 MiB of WAL rather than 4 MiB, so a
-# page that many consecutive batches rewrite (FTS segments, attribute leaves) is copied back once.
-# Measured on the benchmark corpus: the indexing thread's CPU per document down about 8%.
-_WRITER_PRAGMAS = ("PRAGMA cache_size = -65536", "PRAGMA wal_autocheckpoint = 16384")
+# The indexing connection: a page cache that holds the B-tree and FTS pages a batch rewrites, rather
+# than reading them back from the file. (A checkpoint every 64 MiB of WAL instead of 4 MiB saved a
+# little more indexing CPU, but made searches after a large import about a tenth slower: not kept.)
+_WRITER_PRAGMAS = ("PRAGMA cache_size = -65536",)
 INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
