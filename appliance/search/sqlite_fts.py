@@ -10,7 +10,9 @@ Each index is a "generation" of four tables, numbered N (the number, not user te
 * ``ixN_docs``: the stored documents (``body``: the JSON bytes as sent), a typed column ``fK`` per
   filterable field holding its value when it is a scalar (NULL for a list), a column ``sK`` per
   sortable field and ``xK`` (the exact-match key) per searchable field;
-* ``ixN_fts``: an FTS5 table, one column per searchable field, ``unicode61 remove_diacritics 2``;
+* ``ixN_fts``: a contentless FTS5 table (``content=''``), one column per searchable field,
+  ``unicode61 remove_diacritics 2``: the texts are not stored a second time, they are derived from
+  the body again to delete a row (FTS5's delete command) or to highlight hits (:class:`_Marker`);
 * ``ixN_attrs``: (field number, value, doc) for each value of a filterable field that holds a list,
   read by filters and facets through its two indexes; most documents need no rows here;
 * ``ixN_kinds``: per filterable field, whether any document gave it a scalar, a list, or both, so a
@@ -38,7 +40,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,10 +66,15 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_WORDS = 32
 MAX_FACET_VALUES = 100
-BATCH_DOCUMENTS = 5_000
+BATCH_DOCUMENTS = 20_000  # per transaction: fewer commits, each B-tree page rewritten once for more rows
 BATCH_TASKS = 100
-_WRITE_CHUNK = 1_000
+_WRITE_CHUNK = 1_024  # a power of two: a chunk's documents go in one statement
+_MAX_STATEMENT_ROWS = 1_024  # rows per multi-row INSERT (its SQL text grows with them)
 _REGISTRY_TTL_S = 2.0
+# The indexing connection: a page cache that holds the B-tree and FTS pages a batch rewrites, rather
+# than reading them back from the file. (A checkpoint every 64 MiB of WAL instead of 4 MiB saved a
+# little more indexing CPU, but made searches after a large import about a tenth slower: not kept.)
+_WRITER_PRAGMAS = ("PRAGMA cache_size = -65536",)
 INLINE_BUDGET_S = 0.002  # a search running longer than this on the event loop moves to the readers
 _WORD = re.compile(r"[^\W_]", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
@@ -129,7 +136,9 @@ _QUEUE_MIGRATIONS = [
     )
 ]
 _TASK_COLUMNS = "seq, id, tenant_id, index_name, kind, status, documents, payload, error, enqueued_at, started_at, finished_at"
-LAYOUT = 2  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes
+LAYOUT = 3  # 1: every filterable value in the attributes table; 2: typed columns, lists in attributes;
+# 3: a contentless FTS5 table (the texts are derived from the stored bodies, not stored twice)
+_TOKENIZE = "tokenize = 'unicode61 remove_diacritics 2'"
 
 _RAW_DOCS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
 _MISSING: Any = msgspec.UNSET
@@ -209,6 +218,42 @@ def _facet_key(value: Any) -> str:
     return str(value)
 
 
+@functools.cache
+def _variable_limit() -> int:
+    """How many ``?`` one statement may hold in the SQLite library in use (999 before 3.32)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+
+class _Insert:
+    """A multi-row ``INSERT ... VALUES (...), (...)`` of one table, split into statements of a
+    power-of-two number of rows (so a handful of SQL texts serve every batch, from the statement cache)."""
+
+    def __init__(self, head: str, width: int, constants: str = "") -> None:
+        self.head = head
+        self.width = width  # values per row (after the ``constants``, SQL text that starts each row)
+        self._row = "(" + constants + ", ".join("?" * width) + ")"
+        limit = max(1, min(_MAX_STATEMENT_ROWS, _variable_limit() // width))
+        self.most = 1 << (limit.bit_length() - 1)  # the largest power of two within the limit
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        text = self._sql.get(rows)
+        if text is None:
+            text = self._sql[rows] = f"{self.head} VALUES {', '.join([self._row] * rows)}"
+        return text
+
+    def statements(self, values: list[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """(SQL, parameters) inserting the rows whose values ``values`` holds one after another."""
+        rows, start, size = len(values) // self.width, 0, self.most
+        while rows:
+            while size > rows:
+                size >>= 1
+            end = start + size * self.width
+            yield self.sql(size), values[start:end]
+            rows, start = rows - size, end
+
+
 class _Generation:
     """The physical tables of one index generation, and the statements that fill them."""
 
@@ -226,14 +271,18 @@ class _Generation:
         filter_cols = [f.column for f in self.fields.values()]
         self.columns = [*filter_cols, *sort_cols, *self.exact_columns]
         fts_cols = [f"c{i}" for i in range(len(definition.searchable))]
-        self.insert_doc = (
-            f"INSERT INTO {self.docs} (rowid, doc_id{''.join(', ' + c for c in self.columns)}, body)"
-            f" VALUES (?, ?{', ?' * len(self.columns)}, ?)"
+        self.insert_doc = _Insert(
+            f"INSERT INTO {self.docs} (rowid, doc_id{''.join(', ' + c for c in self.columns)}, body)",
+            len(self.columns) + 3,
         )
-        self.insert_fts = (
-            f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)}) VALUES (?{', ?' * len(fts_cols)})"
+        self.insert_fts = _Insert(f"INSERT INTO {self.fts} (rowid, {', '.join(fts_cols)})", len(fts_cols) + 1)
+        # FTS5's delete command: a row of the contentless table goes by its rowid and indexed texts
+        self.delete_fts = _Insert(
+            f"INSERT INTO {self.fts} ({self.fts}, rowid, {', '.join(fts_cols)})",
+            len(fts_cols) + 1,
+            "'delete', ",
         )
-        self.insert_attr = f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc) VALUES (?, ?, ?)"
+        self.insert_attr = _Insert(f"INSERT OR IGNORE INTO {self.attrs} (field, value, doc)", 3)
         weights = ", ".join(repr(w) for w in _weights(len(definition.searchable)))
         self.bm25 = f"bm25({self.fts}, {weights})"
 
@@ -250,6 +299,7 @@ class _Generation:
             "IndexedFields",
             [(f"v{i}", Any, _MISSING if i == 0 else None) for i in range(len(names))],
             rename={f"v{i}": name for i, name in enumerate(names)},
+            gc=False,  # decoded JSON holds no cycles; untracked, a batch's documents trigger no collections
         )
         return (
             msgspec.json.Decoder(struct),
@@ -271,8 +321,8 @@ class _Generation:
             # body last: a scan that tests the typed columns decodes only the start of each record
             f"CREATE TABLE {self.docs} (rowid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE{columns},"
             " body BLOB NOT NULL)",
-            f"CREATE VIRTUAL TABLE {self.fts} USING fts5({fts_cols},"
-            " tokenize = 'unicode61 remove_diacritics 2')",
+            # Contentless: the texts are in the stored bodies already; see :meth:`remove` and :class:`_Marker`.
+            f"CREATE VIRTUAL TABLE {self.fts} USING fts5({fts_cols}, content = '', {_TOKENIZE})",
             f"CREATE TABLE {self.attrs} (field INTEGER NOT NULL, value, doc INTEGER NOT NULL,"
             " PRIMARY KEY (field, value, doc)) WITHOUT ROWID",
             f"CREATE INDEX {self.attrs}_doc ON {self.attrs} (doc, field, value)",
@@ -289,33 +339,47 @@ class _Generation:
     def drop(self) -> list[str]:
         return [f"DROP TABLE IF EXISTS {t}" for t in (self.fts, self.attrs, self.kinds, self.docs)]
 
-    def decode(self, body: bytes | msgspec.Raw) -> tuple[str, Any]:
-        """(document id, the indexed fields) of one stored or queued document."""
-        doc: Any = self.decoder.decode(body)
-        pk = doc.v0
+    @functools.cached_property
+    def _key_decoder(self) -> msgspec.json.Decoder[Any]:
+        key = msgspec.defstruct(
+            "PrimaryKey", [("v0", Any, _MISSING)], rename={"v0": self.definition.primary_key}, gc=False
+        )
+        return msgspec.json.Decoder(key)
+
+    def doc_id(self, body: bytes | msgspec.Raw) -> str:
+        """The document id of a queued document (its other fields are skipped, decoded later by
+        :meth:`write`, chunk by chunk, while the previous chunk is being inserted)."""
+        pk = self._key_decoder.decode(body).v0
         if pk is _MISSING:  # queued before the primary key changed
             raise ValueError(f"a document has no {self.definition.primary_key!r}, the index's primary key")
-        return (pk if type(pk) is str else str(pk)), doc
+        return pk if type(pk) is str else str(pk)
 
-    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, Any, Any]]) -> None:
-        """Insert (rowid, doc id, JSON body, decoded fields) rows: documents, FTS and list values.
+    async def write(self, tx: Tx, docs: Sequence[tuple[int, str, Any]]) -> None:
+        """Insert (rowid, doc id, JSON body) rows: documents, FTS and list values.
 
         A filterable scalar goes into the field's typed column; each value of a list goes into the
         attributes table (the column stays NULL), so most documents need no attribute rows at all.
-        Rows are built a chunk at a time, each chunk's statements handed to the database thread
-        before the next is built, so building (Python) and inserting (SQLite) overlap.
+        Rows are built (bodies decoded) a chunk at a time, each chunk's statements handed to the
+        database thread before the next is built, so building (Python) and inserting (SQLite)
+        overlap. Each statement inserts many rows (multi-row ``VALUES``): SQLite then runs a whole
+        chunk in a few steps with the GIL released, where ``executemany`` would take the GIL back for
+        every row, and wait for it whenever this thread is busy building the next chunk.
         """
         scalars: set[int] = set()
         lists: set[int] = set()
-        pending: list[asyncio.Future[None]] = []
+        pending: list[asyncio.Future[int]] = []
         try:
             for start in range(0, len(docs), _WRITE_CHUNK):
-                doc_rows, fts_rows, attr_rows = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
-                # Scheduled in order, they queue their statements in order on the database thread.
-                pending.append(asyncio.ensure_future(tx.executemany(self.insert_doc, doc_rows)))
-                pending.append(asyncio.ensure_future(tx.executemany(self.insert_fts, fts_rows)))
-                if attr_rows:
-                    pending.append(asyncio.ensure_future(tx.executemany(self.insert_attr, attr_rows)))
+                chunk = self._rows(docs[start : start + _WRITE_CHUNK], scalars, lists)
+                for insert, values in zip(
+                    (self.insert_doc, self.insert_fts, self.insert_attr), chunk, strict=True
+                ):
+                    # Scheduled in order, they queue their statements in order on the database thread.
+                    for sql, params in insert.statements(values):
+                        # execute, not executemany: it closes its cursor on the database thread. A
+                        # cursor left to the garbage collector resets its (cached, shared) statement
+                        # from this thread, racing the next use of that statement: "API misuse".
+                        pending.append(asyncio.ensure_future(tx.execute(sql, params)))
                 await asyncio.sleep(0)  # let them submit their statements
             await asyncio.gather(*pending)
         except BaseException:
@@ -329,47 +393,67 @@ class _Generation:
             )
 
     def _rows(
-        self, docs: Sequence[tuple[int, str, Any, Any]], scalars: set[int], lists: set[int]
-    ) -> tuple[list[list[Any]], list[tuple[Any, ...]], list[tuple[int, Any, int]]]:
-        """The docs, FTS and attribute rows of ``docs``; notes which fields got scalars and lists."""
-        doc_rows: list[list[Any]] = []
-        fts_rows: list[tuple[Any, ...]] = []
-        attr_rows: list[tuple[int, Any, int]] = []
-        _, text_at, filter_at, sort_at = self._reading
-        astuple = msgspec.structs.astuple
-        for rowid, doc_id, body, doc in docs:
-            values = astuple(doc)
-            texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]
-            row: list[Any] = [rowid, doc_id]
+        self, docs: Sequence[tuple[int, str, Any]], scalars: set[int], lists: set[int]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """The docs, FTS and attribute rows of ``docs``, each kind's values one flat list (row after
+        row: few objects for the garbage collector to track); notes which fields got scalars and lists."""
+        doc_values: list[Any] = []
+        fts_values: list[Any] = []
+        attr_values: list[Any] = []
+        add_doc, add_fts, add_attr = doc_values.extend, fts_values.extend, attr_values.extend
+        decoder, text_at, filter_at, sort_at = self._reading
+        decode, astuple = decoder.decode, msgspec.structs.astuple
+        for rowid, doc_id, body in docs:
+            values = astuple(decode(body))
+            texts = [v if type(v) is str else _text(v) for v in [values[i] for i in text_at]]  # see texts()
+            add_doc((rowid, doc_id))
             for at, number in filter_at:
                 value = values[at]
                 if type(value) is list:
-                    row.append(None)
-                    before = len(attr_rows)
+                    doc_values.append(None)
+                    before = len(attr_values)
                     for item in value:
                         if type(item) is str:
-                            attr_rows.append((number, item, rowid))
+                            add_attr((number, item, rowid))
                         elif isinstance(item, _SCALARS):
-                            attr_rows.append((number, _scalar(item), rowid))
-                    if len(attr_rows) > before:
+                            add_attr((number, _scalar(item), rowid))
+                    if len(attr_values) > before:
                         lists.add(number)
                 else:
                     value = _scalar(value)
-                    row.append(value)
+                    doc_values.append(value)
                     if value is not None:
                         scalars.add(number)
-            row += [_sort_value(values[i]) for i in sort_at]
-            row += [exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts]
-            row.append(body)
-            doc_rows.append(row)
-            fts_rows.append((rowid, *texts))
-        return doc_rows, fts_rows, attr_rows
+            add_doc([_sort_value(values[i]) for i in sort_at])
+            add_doc([exact_key(t) if len(t) <= MAX_EXACT_CHARS else None for t in texts])
+            doc_values.append(body)
+            fts_values.append(rowid)
+            add_fts(texts)
+        return doc_values, fts_values, attr_values
+
+    def texts(self, body: bytes | str) -> list[str]:
+        """The searchable fields' texts of a stored document, exactly as :meth:`_rows` indexed them."""
+        values = msgspec.structs.astuple(self.decoder.decode(body))
+        return [v if type(v) is str else _text(v) for v in [values[i] for i in self._reading[1]]]
 
     async def remove(self, tx: Tx, rowids: list[int]) -> None:
+        """Delete documents and their FTS and attribute rows.
+
+        The FTS5 table is contentless, so a row is deleted by repeating the texts it was indexed
+        with, derived again from the stored body: the derivation (:meth:`texts`) must never change
+        within a layout (a change needs a new ``LAYOUT``, which rebuilds every index at start).
+        """
         for start in range(0, len(rowids), 500):
             chunk = rowids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
-            for table, column in ((self.fts, "rowid"), (self.attrs, "doc"), (self.docs, "rowid")):
+            rows = await tx.fetchall(f"SELECT rowid, body FROM {self.docs} WHERE rowid IN ({marks})", chunk)
+            deletions: list[Any] = []
+            for row in rows:
+                deletions.append(row["rowid"])
+                deletions.extend(self.texts(row["body"]))
+            for sql, params in self.delete_fts.statements(deletions):
+                await tx.execute(sql, params)
+            for table, column in ((self.attrs, "doc"), (self.docs, "rowid")):
                 await tx.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
 
 
@@ -399,11 +483,15 @@ class SqliteFtsEngine:
         self.inline_budget = INLINE_BUDGET_S
         self._inline_steps = inline_steps
         self.moved_to_readers = 0  # searches that ran out of their inline budget
+        self._marker = _Marker()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.db.open()
+        for pragma in _WRITER_PRAGMAS:
+            cursor = await self.db.writer.execute(pragma)
+            await cursor.close()
         await self.db.migrate(_MIGRATIONS)
         await self.queue.open()
         await self.queue.migrate(_QUEUE_MIGRATIONS)
@@ -427,6 +515,7 @@ class SqliteFtsEngine:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+        self._marker.close()
         await self.queue.close()
         await self.db.close()
 
@@ -652,17 +741,26 @@ class SqliteFtsEngine:
             return 0
         tenant, index = head["tenant_id"], head["index_name"]
         rows = await self.queue.fetchall(
-            "SELECT seq, kind, documents, payload FROM tasks WHERE tenant_id = ? AND index_name = ?"
+            "SELECT seq, documents FROM tasks WHERE tenant_id = ? AND index_name = ?"
             " AND status = 'enqueued' ORDER BY seq LIMIT ?",
             (tenant, index, BATCH_TASKS),
         )
-        batch: list[Row] = []
+        chosen: list[int] = []
         total = 0
         for row in rows:
-            if batch and total + row["documents"] > BATCH_DOCUMENTS:
+            if chosen and total + row["documents"] > BATCH_DOCUMENTS:
                 break
-            batch.append(row)
+            chosen.append(row["seq"])
             total += row["documents"]
+        if not chosen:  # taken by another process, or its tenant purged, since the head was read
+            return 0
+        # The payloads of the batch only (the queue may hold many more behind it). A task taken by
+        # another process meanwhile is caught by _apply, before its payload is read.
+        batch = await self.queue.fetchall(
+            f"SELECT seq, kind, documents, payload FROM tasks WHERE seq IN ({', '.join('?' for _ in chosen)})"
+            " ORDER BY seq",
+            chosen,
+        )
         started = time.time()
         try:
             outcome = await self._apply(tenant, index, batch)
@@ -755,7 +853,7 @@ class SqliteFtsEngine:
             key = _facet_key(value)
             counts[key] = counts.get(key, 0) + n
         return SearchResult(
-            hits=[plan.hit(h) for h in hits],
+            hits=plan.documents(hits, self._marker),
             total=int(total[0]["n"]),
             facets={f: _top(v) for f, v in facets.items()},
             took_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -903,11 +1001,6 @@ class _Plan:
             select_params = [folded] * len(g.exact_columns)
         else:
             columns.append("0.0 AS score")
-        if self.query.highlight and self.match:
-            columns += [
-                f"highlight({g.fts}, {i}, '<mark>', '</mark>') AS h{i}"
-                for i in range(len(g.definition.searchable))
-            ]
         order = []
         for key in self.query.sort:
             column = f"d.{g.sort_column[key.field]}"
@@ -991,20 +1084,64 @@ class _Plan:
         sql = f"WITH m AS MATERIALIZED (SELECT d.rowid AS doc{picked} {source}) {' UNION ALL '.join(parts)}"
         return sql, params
 
-    def hit(self, row: Row) -> dict[str, Any]:
-        hit: dict[str, Any] = msgspec.json.decode(row["body"])
-        hit["_score"] = float(row["score"])
-        if self.query.highlight:
-            hit["_highlight"] = self._highlight(hit, row)
-        return hit
+    def documents(self, rows: Sequence[Row], marker: _Marker) -> list[dict[str, Any]]:
+        """The documents of the hit rows, with ``_score`` and, when asked for, ``_highlight``."""
+        docs: list[dict[str, Any]] = [msgspec.json.decode(row["body"]) for row in rows]
+        marked = self._highlights(docs, marker) if self.query.highlight else None
+        for i, (doc, row) in enumerate(zip(docs, rows, strict=True)):
+            doc["_score"] = float(row["score"])
+            if marked is not None:
+                doc["_highlight"] = marked[i]
+        return docs
 
-    def _highlight(self, hit: dict[str, Any], row: Row) -> dict[str, str]:
-        marked: dict[str, str] = {}
-        for i, field in enumerate(self.g.definition.searchable):
-            if field not in hit or hit[field] is None:
-                continue
-            marked[field] = row[f"h{i}"] if self.match else _text(hit[field])
-        return marked
+    def _highlights(self, docs: list[dict[str, Any]], marker: _Marker) -> list[dict[str, str]]:
+        fields = self.g.definition.searchable
+        texts = [[_text(doc.get(f)) for f in fields] for doc in docs]  # as indexed (None: "")
+        if self.match:
+            texts = marker.mark(self.match, texts)
+        return [
+            {f: text[i] for i, f in enumerate(fields) if doc.get(f) is not None}
+            for doc, text in zip(docs, texts, strict=True)
+        ]
+
+
+class _Marker:
+    """FTS5's ``highlight()`` for a page of hits.
+
+    An index's FTS5 table is contentless, and FTS5 highlights only the text it stores; so the hits'
+    texts go into a private in-memory FTS5 table (same tokenizer), the query's MATCH runs there, and
+    the transaction is rolled back. The marks are exactly those FTS5 would put in the index's rows.
+    Used on the event-loop thread only, one call at a time.
+    """
+
+    def __init__(self) -> None:
+        self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self._tables: set[int] = set()
+
+    def mark(self, match: str, texts: list[list[str]]) -> list[list[str]]:
+        """``texts`` (per hit, per searchable field) with the matches of ``match`` in ``<mark>``."""
+        if not texts:
+            return texts
+        width = len(texts[0])
+        table, columns = f"m{width}", ", ".join(f"c{i}" for i in range(width))
+        if width not in self._tables:
+            self._conn.execute(f"CREATE VIRTUAL TABLE {table} USING fts5({columns}, {_TOKENIZE})")
+            self._tables.add(width)
+        marks = ", ".join(f"highlight({table}, {i}, '<mark>', '</mark>')" for i in range(width))
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.executemany(
+                f"INSERT INTO {table} (rowid, {columns}) VALUES (?{', ?' * width})",
+                [(i, *row) for i, row in enumerate(texts)],
+            )
+            query = f"SELECT rowid, {marks} FROM {table} WHERE {table} MATCH ?"
+            found = {row[0]: list(row[1:]) for row in self._conn.execute(query, (match,))}
+        finally:
+            self._conn.execute("ROLLBACK")
+        return [found.get(i, row) for i, row in enumerate(texts)]
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 async def _current_generation(tx: Tx, tenant: str, index: str) -> _Generation | None:
@@ -1020,7 +1157,7 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
     A queued payload is the JSON array as received: each document is stored as its own bytes (no
     re-encoding) and decoded only into the fields the index reads.
     """
-    latest: dict[str, tuple[msgspec.Raw, Any] | None] = {}
+    latest: dict[str, msgspec.Raw | None] = {}
     for task in tasks:
         if task["kind"] == "documents.delete":
             for doc_id in _IDS_DECODER.decode(task["payload"]):
@@ -1028,9 +1165,9 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
                 latest[doc_id] = None
         else:
             for raw in _RAW_DOCS_DECODER.decode(task["payload"]):
-                doc_id, doc = generation.decode(raw)
+                doc_id = generation.doc_id(raw)
                 latest.pop(doc_id, None)  # re-inserting keeps the dict in last-write order
-                latest[doc_id] = (raw, doc)
+                latest[doc_id] = raw
     ids = list(latest)
     existing: dict[str, int] = {}
     for start in range(0, len(ids), 500):
@@ -1046,14 +1183,14 @@ async def _apply_tasks(tx: Tx, generation: _Generation, tasks: Sequence[Row]) ->
     assert next_row is not None
     fresh = int(next_row["n"])
     rows = []
-    for doc_id, found in latest.items():
-        if found is None:
+    for doc_id, body in latest.items():
+        if body is None:
             continue
         rowid = existing.get(doc_id)
         if rowid is None:
             fresh += 1
             rowid = fresh
-        rows.append((rowid, doc_id, found[0], found[1]))  # sqlite3 binds a Raw as a BLOB, uncopied
+        rows.append((rowid, doc_id, body))  # sqlite3 binds a Raw as a BLOB, uncopied
     await generation.write(tx, rows)
 
 
@@ -1066,9 +1203,7 @@ async def _copy(tx: Tx, old: _Generation, new: _Generation) -> None:
         )
         if not rows:
             return
-        await new.write(
-            tx, [(r["rowid"], r["doc_id"], r["body"], new.decoder.decode(r["body"])) for r in rows]
-        )
+        await new.write(tx, [(r["rowid"], r["doc_id"], r["body"]) for r in rows])
         last = rows[-1]["rowid"]
 
 

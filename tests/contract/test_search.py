@@ -22,7 +22,7 @@ from appliance.core.errors import Unprocessable
 from appliance.search import IndexDefinition, SearchEngine, SearchRequest, SearchResult
 from appliance.search.meili import MeiliEngine
 from appliance.search.service import SearchService
-from appliance.search.sqlite_fts import SqliteFtsEngine
+from appliance.search.sqlite_fts import LAYOUT, SqliteFtsEngine
 
 ADAPTERS = ["sqlite_fts", *(["meili"] if os.environ.get("APPLIANCE_MEILI_URL") else [])]
 TENANTS = ("acme", "globex")
@@ -163,6 +163,22 @@ async def test_huge_numbers_are_indexed(search: SearchService) -> None:
         "acme", "numbers", SearchRequest(filter={"range": {"big": {"gt": 1e19}}}, sort=["big:desc"])
     )
     assert [hit["id"] for hit in found.hits] == ["n1"] and found.hits[0]["big"] == 10**20
+
+
+async def test_replaced_and_deleted_documents_leave_no_words_behind(movies: SearchService) -> None:
+    """Totals count the current texts only (on FTS5 a count without a filter reads only the FTS index)."""
+    await movies.add_documents("acme", "movies", [{**MOVIES[0], "title": "Sandworms", "overview": "x"}])
+    await movies.delete_document("acme", "movies", "m2")
+    await movies.add_documents("acme", "movies", [{**MOVIES[2], "overview": "Sand."}], wait=True)
+    for q, expected in (
+        ("dune", []),
+        ("desert", []),
+        ("spice", ["m5"]),
+        ("sand", ["m1", "m3"]),  # "Sandworms" too: the last word is a prefix
+        ("sandworms", ["m1"]),
+    ):
+        result = await find(movies, q=q)
+        assert (sorted(ids(result)), result.total) == (expected, len(expected)), q
 
 
 async def test_settings_change_reindexes_stored_documents(movies: SearchService) -> None:
@@ -574,12 +590,65 @@ async def test_sqlite_fts_rebuilds_an_index_of_the_older_layout_at_start(tmp_pat
     await engine.start()
     try:
         row = await engine.db.fetchone("SELECT generation, layout FROM indexes")
-        assert row is not None and row["layout"] == 2 and row["generation"] != n
+        assert row is not None and row["layout"] == LAYOUT and row["generation"] != n
         found = await SearchService(engine).search(
             "acme", "movies", SearchRequest(q="dune", filter={"term": {"genres": "scifi"}}, facets=["color"])
         )
         assert ids(found) == ["m1", "m2"] and found.facets == {"color": {"true": 2}}
         assert (await engine.get_index("acme", "movies")).documents == len(MOVIES)  # type: ignore[union-attr]
+    finally:
+        await engine.close()
+
+
+async def test_sqlite_fts_rebuilds_an_index_that_stores_its_texts_in_fts5_at_start(tmp_path: Path) -> None:
+    """Layout 2 kept a copy of the searchable texts in the FTS5 table; start() rebuilds such an index
+    with a contentless one, its documents intact (searchable, highlighted, replaceable, deletable)."""
+    path = tmp_path / "search.db"
+    old = SqliteFtsEngine(path, worker=False)
+    await old.start()
+    search = SearchService(old)
+    await search.put_index("acme", "movies", DEFINITION)
+    await search.add_documents("acme", "movies", [dict(m) for m in MOVIES])
+    await old.drain()
+    async with old.db.transaction() as tx:  # turn it into what version 2 left on disk
+        row = await tx.fetchone("SELECT generation FROM indexes")
+        assert row is not None
+        n = row["generation"]
+        await tx.execute(f"DROP TABLE ix{n}_fts")
+        await tx.execute(f"CREATE VIRTUAL TABLE ix{n}_fts USING fts5(c0, c1, c2,"
+                         " tokenize = 'unicode61 remove_diacritics 2')")  # fmt: skip
+        for movie in MOVIES:
+            texts = [str(movie.get(f) or "") for f in ("title", "overview", "director")]
+            await tx.execute(
+                f"INSERT INTO ix{n}_fts (rowid, c0, c1, c2)"
+                f" SELECT rowid, ?, ?, ? FROM ix{n}_docs WHERE doc_id = ?",
+                (*texts, movie["id"]),
+            )
+        await tx.execute("UPDATE indexes SET layout = 2")
+    await old.close()
+    engine = SqliteFtsEngine(path, worker=False)
+    await engine.start()
+    try:
+        row = await engine.db.fetchone("SELECT generation, layout FROM indexes")
+        assert row is not None and row["layout"] == LAYOUT == 3 and row["generation"] != n
+        new = row["generation"]
+        ddl = await engine.db.fetchone("SELECT sql FROM sqlite_master WHERE name = ?", (f"ix{new}_fts",))
+        assert ddl is not None and "content = ''" in ddl["sql"]
+        assert (
+            await engine.db.fetchone("SELECT name FROM sqlite_master WHERE name LIKE ?", (f"ix{n}_%",))
+            is None
+        )
+        search = SearchService(engine)
+        assert (await engine.get_index("acme", "movies")).documents == len(MOVIES)  # type: ignore[union-attr]
+        found = await search.search("acme", "movies", SearchRequest(q="dune", highlight=True, limit=10))
+        assert ids(found) == ["m1", "m2", "m3"] and found.total == 3
+        assert found.hits[1]["_highlight"]["title"] == "<mark>Dune</mark>: Part Two"
+        assert {k: v for k, v in found.hits[0].items() if not k.startswith("_")} == MOVIES[0]
+        await search.add_documents("acme", "movies", [{**MOVIES[0], "title": "Sandworms"}])
+        await search.delete_document("acme", "movies", "m2")
+        await engine.drain()
+        after = await search.search("acme", "movies", SearchRequest(q="dune"))
+        assert (ids(after), after.total) == (["m3"], 1)
     finally:
         await engine.close()
 
