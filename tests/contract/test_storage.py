@@ -208,3 +208,35 @@ async def test_s3_down_is_storage_unavailable() -> None:
     finally:
         await store.close()
 
+
+@pytest.mark.parametrize("size", [1000, 2 * PART_SIZE + 1000])
+async def test_s3_rejects_bytes_that_do_not_match_their_checksum(
+    minio_peer: MinioPeer, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    # Parts go with UNSIGNED-PAYLOAD and a signed CRC32C header: MinIO itself must verify the bytes,
+    # or payload signing would have been dropped without a replacement. A wrong checksum fails the
+    # upload, and nothing is left behind.
+    import appliance.storage.s3 as s3_module
+
+    store = S3BlobStore(
+        minio_peer.endpoint, minio_peer.access_key, minio_peer.secret_key, f"crc-{secrets.token_hex(6)}"
+    )
+    await store.start()
+    try:
+        data = os.urandom(size)
+        info = await store.put("acme", "b/good", chunks_of(data))
+        assert info.etag == hashlib.sha256(data).hexdigest() and await read(store, "acme", "b/good") == data
+
+        real = s3_module._crc32c
+
+        async def off_by_one(part: bytes) -> str:
+            return await real(part + b"!")
+
+        monkeypatch.setattr(s3_module, "_crc32c", off_by_one)
+        with pytest.raises(StorageUnavailable, match=r"(?i)checksum|digest"):
+            await store.put("acme", "b/bad", chunks_of(data))
+        with pytest.raises(BlobNotFound):
+            await store.head("acme", "b/bad")
+        assert await all_names(store, "acme") == ["b/good"]
+    finally:
+        await store.close()
