@@ -137,12 +137,12 @@ class S3BlobStore:
         size = 0
         parts = _parts(chunks, hasher)
         try:
-            first = await anext(parts, b"")
+            first = await anext(parts, _Part([], 0))
             second = await anext(parts, None)
             if second is None:
-                size = len(first)
+                size = first.size
                 headers: DictType = {_CHECKSUM: await _crc32c(first)}
-                await self._client._put_object(self.bucket, key, _Part(first), headers)
+                await self._client._put_object(self.bucket, key, first, headers)
             else:
                 size = await self._multipart(key, first, second, parts)
             etag = await hasher.hexdigest()
@@ -153,7 +153,7 @@ class S3BlobStore:
             hasher.close()
         return BlobInfo(size=size, etag=etag)
 
-    async def _multipart(self, key: str, first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> int:
+    async def _multipart(self, key: str, first: _Part, second: _Part, rest: AsyncIterator[_Part]) -> int:
         # The client's own multipart steps (what its put_object uses), so that parts can upload
         # concurrently and still be completed in part-number order.
         client = self._client
@@ -164,14 +164,14 @@ class S3BlobStore:
         done: list[_UploadedPart] = []
         try:
             number = 0
-            part: bytes | None = first
-            upcoming: bytes | None = second
+            part: _Part | None = first
+            upcoming: _Part | None = second
             while part is not None:
                 number += 1
                 if len(in_flight) >= _IN_FLIGHT:
                     done.append(await in_flight.pop(0))  # at most _IN_FLIGHT parts held while reading on
                 in_flight.append(asyncio.ensure_future(self._upload_part(key, upload_id, number, part)))
-                size += len(part)
+                size += part.size
                 part, upcoming = upcoming, (await anext(rest, None) if upcoming is not None else None)
             done += [await task for task in in_flight]
             await self._complete(key, upload_id, done)
@@ -184,10 +184,10 @@ class S3BlobStore:
             raise
         return size
 
-    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> _UploadedPart:
-        checksum = await _crc32c(data)
+    async def _upload_part(self, key: str, upload_id: str, number: int, part: _Part) -> _UploadedPart:
+        checksum = await _crc32c(part)
         headers: DictType = {_CHECKSUM: checksum}
-        etag = await self._client._upload_part(self.bucket, key, _Part(data), headers, upload_id, number)
+        etag = await self._client._upload_part(self.bucket, key, part, headers, upload_id, number)
         return _UploadedPart(number, etag, checksum)
 
     async def _complete(self, key: str, upload_id: str, parts: list[_UploadedPart]) -> None:
@@ -324,26 +324,25 @@ class _Client(Minio):
         if headers is None or _CHECKSUM not in headers or not isinstance(body, _Part):
             return await super()._build_headers(host, headers, body, creds)
         built, date = await super()._build_headers(host, headers, None, creds)  # no body: nothing hashed
-        built["Content-Length"] = str(len(body.data))
+        built["Content-Length"] = str(body.size)
         if creds:
             built["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
         return built, date
 
 
 class _Part(io.BytesIO):
-    """A part's bytes, as a ``BytesIO`` (what the client's methods take) that aiohttp sends in one write.
+    """A part: the chunks of the body as they were received, never joined (a copy of every byte saved).
 
-    aiohttp would send a plain ``BytesIO`` as copies of 256 KiB pieces, yielding to the loop after
-    each, and warns about ``bytes`` over 1 MiB; :class:`_PartPayload` hands the transport the
-    ``bytes`` themselves (the transport sends what the socket takes and keeps a reference to the rest).
+    A ``BytesIO`` only to match the client's signatures; :class:`_PartPayload` is how aiohttp
+    sends it: the chunks themselves, handed to the transport one by one (which keeps references
+    to what the socket has not taken yet, no copies), instead of aiohttp's 256 KiB copies of a
+    ``BytesIO``.
     """
 
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)  # shares ``data`` until written to: no copy
-        self.data = data
-
-    def getbuffer(self) -> memoryview:
-        return memoryview(self.data)  # BytesIO's own would unshare (copy) the bytes to measure them
+    def __init__(self, chunks: list[bytes], size: int) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.size = size
 
 
 class _PartPayload(aiohttp.payload.Payload):
@@ -352,19 +351,24 @@ class _PartPayload(aiohttp.payload.Payload):
     def __init__(self, value: _Part, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("content_type", "application/octet-stream")
         super().__init__(value, *args, **kwargs)
-        self._size = len(value.data)
+        self._size = value.size
 
     async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
-        await writer.write(self._value.data)
+        # An empty write first sends the headers on their own: aiohttp would otherwise join them
+        # with the first chunk (on Python < 3.12.9 it joins instead of using writelines).
+        await writer.write(b"")
+        for chunk in self._value.chunks:
+            await writer.write(chunk)
 
     async def write_with_length(
         self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
     ) -> None:
-        data = self._value.data
-        await writer.write(data if content_length is None else data[:content_length])
+        if content_length is not None and content_length != self._size:
+            raise ValueError(f"a part of {self._size} bytes cannot be sent as {content_length}")
+        await self.write(writer)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return self._value.data.decode(encoding, errors)
+        return b"".join(self._value.chunks).decode(encoding, errors)
 
 
 aiohttp.payload.register_payload(_PartPayload, _Part)
@@ -376,10 +380,17 @@ class _UploadedPart(NamedTuple):
     checksum: str  # base64 of the part's big-endian CRC32C
 
 
-async def _crc32c(data: bytes) -> str:
+async def _crc32c(part: _Part) -> str:
     """The base64 CRC32C S3 expects in ``x-amz-checksum-crc32c`` (computed off the loop, without the GIL)."""
-    value = await asyncio.to_thread(crc32c.crc32c, data)
+    value = await asyncio.to_thread(_crc32c_of, part.chunks)
     return base64.b64encode(value.to_bytes(4, "big")).decode()
+
+
+def _crc32c_of(chunks: list[bytes]) -> int:
+    value = 0
+    for chunk in chunks:
+        value = crc32c.crc32c(chunk, value)
+    return value
 
 
 class _Hasher:
@@ -395,10 +406,10 @@ class _Hasher:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
         self._queued: deque[Future[None]] = deque()
 
-    async def add(self, part: bytes) -> None:
+    async def add(self, part: _Part) -> None:
         while len(self._queued) >= _IN_FLIGHT:
             await asyncio.wrap_future(self._queued.popleft())
-        self._queued.append(self._thread.submit(self._digest.update, part))
+        self._queued.append(self._thread.submit(_update, self._digest, part.chunks))
 
     async def hexdigest(self) -> str:
         while self._queued:
@@ -409,20 +420,25 @@ class _Hasher:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
-async def _parts(chunks: AsyncIterable[bytes], hasher: _Hasher) -> AsyncGenerator[bytes, None]:
+def _update(digest: hashlib._Hash, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        digest.update(chunk)  # releases the GIL for all but tiny chunks
+
+
+async def _parts(chunks: AsyncIterable[bytes], hasher: _Hasher) -> AsyncGenerator[_Part, None]:
     """Regroup ``chunks`` into parts of at least ``PART_SIZE`` (the last may be shorter), hashing them."""
     pending: list[bytes] = []
     held = 0
     async for chunk in chunks:
         pending.append(chunk)
         held += len(chunk)
-        if held >= PART_SIZE:
-            part = b"".join(pending)  # parts may differ in size; S3 only wants >= 5 MiB
+        if held >= PART_SIZE:  # parts may differ in size; S3 only wants >= 5 MiB
+            part = _Part(pending, held)
             await hasher.add(part)
             yield part
             pending, held = [], 0
     if pending:
-        part = b"".join(pending)
+        part = _Part(pending, held)
         await hasher.add(part)
         yield part
 

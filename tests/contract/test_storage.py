@@ -227,12 +227,8 @@ async def test_s3_rejects_bytes_that_do_not_match_their_checksum(
         info = await store.put("acme", "b/good", chunks_of(data))
         assert info.etag == hashlib.sha256(data).hexdigest() and await read(store, "acme", "b/good") == data
 
-        real = s3_module._crc32c
-
-        async def off_by_one(part: bytes) -> str:
-            return await real(part + b"!")
-
-        monkeypatch.setattr(s3_module, "_crc32c", off_by_one)
+        real = s3_module._crc32c_of
+        monkeypatch.setattr(s3_module, "_crc32c_of", lambda chunks: real(chunks) ^ 1)
         with pytest.raises(StorageUnavailable, match=r"(?i)checksum|digest"):
             await store.put("acme", "b/bad", chunks_of(data))
         with pytest.raises(BlobNotFound):
