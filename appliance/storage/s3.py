@@ -141,7 +141,10 @@ class S3BlobStore:
             second = await anext(parts, None)
             if second is None:
                 size = first.size
-                headers: DictType = {_CHECKSUM: await _crc32c(first)}
+                headers: DictType = {
+                    "Content-Type": "application/octet-stream",
+                    _CHECKSUM: await _crc32c(first),
+                }
                 await self._client._put_object(self.bucket, key, first, headers)
             else:
                 size = await self._multipart(key, first, second, parts)
@@ -306,9 +309,9 @@ class _Client(Minio):
     signed with ``UNSIGNED-PAYLOAD`` instead of the SHA-256 of its body.
 
     The header is signed like every other, and S3 and MinIO reject a body whose CRC32C does not
-    match it (``BadDigest``/``XAmzContentChecksumMismatch``), so the upload stays verified end to
-    end; what goes is a second pass of SHA-256 over every byte (the first is the ETag's), the
-    costliest step of an upload after the sockets. The CRC32C runs at several GB/s in hardware.
+    match it (a 400 naming the checksum), so the upload stays verified end to end; what goes is a
+    second pass of SHA-256 over every byte (the first is the ETag's), the costliest step of an
+    upload after the sockets. The CRC32C runs at several GB/s in hardware.
     A CRC is no defence against someone rewriting traffic on the wire; neither is plain HTTP for
     downloads, whose bytes S3 never signs: where the link to S3 is not trusted, use TLS
     (``APPLIANCE_S3_SECURE``), as AWS's own SDKs do when they send ``UNSIGNED-PAYLOAD``.
@@ -396,7 +399,7 @@ def _crc32c_of(chunks: list[bytes]) -> int:
 class _Hasher:
     """The upload's SHA-256 (its ETag), computed part by part, in order, in a thread of its own (off the event loop).
 
-    One ``update`` per part (the thread takes the GIL back once per 8 MiB, not once per chunk), and
+    One task per part (the thread's work is queued once per 8 MiB, not once per chunk), and
     at most ``_IN_FLIGHT`` parts waiting to be hashed, so a starved hashing thread cannot make the
     upload hold more parts in memory.
     """
