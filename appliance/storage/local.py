@@ -155,13 +155,14 @@ class _Sink:
 
     The loop gathers the incoming chunks into batches of about ``_BATCH`` bytes (at most ``_MAX_IOV``
     chunks) and hands each batch to two single-thread executors, one writing it (``os.writev``: no
-    copy into a joined buffer) and one hashing it, so receiving, writing and hashing overlap. At most ``_AHEAD`` batches wait on
-    the threads: memory stays around ``(_AHEAD + 1) * _BATCH`` whatever the size of the upload.
+    copy into a joined buffer) and one hashing it (SHA-256, the ETag), so receiving, writing and
+    hashing overlap. At most ``_AHEAD`` batches wait on the threads: memory stays around
+    ``(_AHEAD + 1) * _BATCH`` whatever the size of the upload.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.digest = hashlib.md5(usedforsecurity=False)
+        self.digest = hashlib.sha256()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="blob-write")
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()

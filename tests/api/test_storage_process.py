@@ -58,14 +58,16 @@ def test_streaming_keeps_memory_flat(
         assert len(client.get(OBJECT, headers=ROOT).content) == 4 * MIB
         before = peak_rss(proc.process.pid)
 
-        expected = hashlib.md5()
+        expected, expected_md5 = hashlib.sha256(), hashlib.md5()
         for part in pattern(size, chunk):
             expected.update(part)
+            expected_md5.update(part)
         created = client.put(OBJECT, content=pattern(size, chunk), headers=ROOT)
         assert created.status_code == 201, created.text
-        assert created.json()["size"] == size and created.json()["etag"] == expected.hexdigest()
+        assert created.json()["size"] == size
+        assert created.json()["etag"] in (expected.hexdigest(), expected_md5.hexdigest())  # as API.md allows
 
-        received = hashlib.md5()
+        received = hashlib.sha256()
         with client.stream("GET", OBJECT, headers=ROOT) as response:
             assert response.headers["content-length"] == str(size)
             for part in response.iter_bytes():

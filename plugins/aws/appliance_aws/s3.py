@@ -94,7 +94,7 @@ class S3BlobStore:
 
     async def put(self, tenant: str, name: str, chunks: AsyncIterable[bytes]) -> BlobInfo:
         key = self._key(tenant, name)
-        digest = hashlib.md5(usedforsecurity=False)
+        digest = hashlib.sha256()
         parts = _parts(chunks, digest)
         try:
             first = await anext(parts, b"")
