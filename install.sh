@@ -45,8 +45,8 @@ TOOLS_BIN="$ROOT/.tools/bin"
 # second run skips pip entirely (editable installs pick up code changes anyway).
 STAMP="$VENV/.appliance-install-stamp"
 
-TOTAL=5
-if [[ $DEV == 1 ]]; then TOTAL=7; fi
+TOTAL=4
+if [[ $DEV == 1 ]]; then TOTAL=6; fi
 if [[ $SYSTEM == 1 ]]; then TOTAL=6; fi
 STEP_NO=0
 STEP_NAME="startup"
@@ -146,29 +146,21 @@ else
     if [[ $before == "$after" ]]; then skip "pip $after is already the latest"; else did "pip $before -> $after"; fi
 fi
 
-step "Install appliance (pip install -e '$EXTRAS')"
-if [[ $NEED_PIP == 0 ]]; then
-    skip "$LABEL (pyproject.toml unchanged since last install)"
-else
-    rm -f "$STAMP"
-    "${PIP[@]}" install --quiet -e "$EXTRAS"
-    did "$LABEL (editable)"
-fi
-
-step "Install plugins (plugins/*/)"
 PLUGINS=()
 for d in plugins/*/; do
     if [[ -f ${d}pyproject.toml ]]; then PLUGINS+=("${d%/}"); fi
 done
-if [[ ${#PLUGINS[@]} == 0 ]]; then
-    skip "no plugins/*/pyproject.toml found"
-elif [[ $NEED_PIP == 0 ]]; then
-    skip "plugins ${PLUGINS[*]} (unchanged since last install)"
+
+step "Install appliance and plugins (pip install -e '$EXTRAS' plugins/*/)"
+if [[ $NEED_PIP == 0 ]]; then
+    skip "$LABEL and plugins ${PLUGINS[*]} (unchanged since last install)"
 else
-    for p in "${PLUGINS[@]}"; do
-        "${PIP[@]}" install --quiet -e "$p"
-        did "plugin $p (editable)"
-    done
+    rm -f "$STAMP"
+    # One resolver run for the package and every plugin, so their pins agree (aiobotocore pins botocore).
+    editable=(-e "$EXTRAS")
+    for p in "${PLUGINS[@]}"; do editable+=(-e "$p"); done
+    "${PIP[@]}" install --quiet "${editable[@]}"
+    did "$LABEL (editable)${PLUGINS[*]:+, plugins ${PLUGINS[*]}}"
 fi
 if [[ $NEED_PIP == 1 ]]; then install_fingerprint "$MODE" >"$STAMP"; fi
 
