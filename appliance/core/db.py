@@ -174,7 +174,11 @@ class Tx:
         return count
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        await self._conn.executemany(sql, rows)
+        """Run one statement for each of ``rows``."""
+        # Closed here, on the database thread: a cursor left to the garbage collector would reset its
+        # cached statement from whichever thread collects it, racing the next use of that statement.
+        cursor = await self._conn.executemany(sql, rows)
+        await cursor.close()
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self._conn.execute_fetchall(sql, params)
