@@ -36,6 +36,7 @@ from appliance.core.errors import (
 from appliance.core.idempotency import StoredResponse, check_key, fingerprint
 from appliance.core.ids import new_id
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
+from appliance.core.shards import acting_for
 from appliance.payments import (
     PAYMENT_META,
     REFUND_META,
@@ -403,6 +404,11 @@ class PaymentService:
             raise BadRequest(str(exc), slug="invalid-webhook") from None
         except ProviderUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
+        # No key, so no tenant from authentication: the metadata we gave the provider names it (shards).
+        with acting_for(_event_tenant(event)):
+            return await self._record_webhook(event)
+
+    async def _record_webhook(self, event: ProviderEvent) -> WebhookReceipt:
         async with self.ctx.db.transaction() as tx:
             fresh = await tx.execute(
                 "INSERT INTO payment_webhook_events (event_id, type, received_at) VALUES (?, ?, ?)"
@@ -449,6 +455,12 @@ async def _settled_payment(tx: Tx, tenant: str, payment_id: str) -> Reply:
     if payment.provider_id is not None:
         return 402, _problem(402, f"the payment was declined: {payment.failure}", "payment-declined")
     return 422, _problem(422, payment.failure or "the provider refused the payment", "payment-rejected")
+
+
+def _event_tenant(event: ProviderEvent) -> str | None:
+    snapshots = [event.payment.metadata] if event.payment is not None else []
+    snapshots += [refund.metadata for refund in event.refunds]
+    return next((m[TENANT_META] for m in snapshots if m.get(TENANT_META)), None)
 
 
 async def _locate(tx: Tx, provider_id: str, metadata: dict[str, str]) -> tuple[str, str] | None:
