@@ -36,7 +36,7 @@ from appliance.core.errors import (
 from appliance.core.idempotency import StoredResponse, check_key, fingerprint
 from appliance.core.ids import new_id
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
-from appliance.core.shards import acting_for
+from appliance.core.shards import acting_for, on_shard
 from appliance.payments import (
     PAYMENT_META,
     REFUND_META,
@@ -405,8 +405,25 @@ class PaymentService:
         except ProviderUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
         # No key, so no tenant from authentication: the metadata we gave the provider names it (shards).
-        with acting_for(_event_tenant(event)):
+        with acting_for(await self._webhook_tenant(event)):
             return await self._record_webhook(event)
+
+    async def _webhook_tenant(self, event: ProviderEvent) -> str | None:
+        """The tenant a webhook is about: from our metadata, else (shards) the shard that knows its ids."""
+        tenant = _event_tenant(event)
+        if tenant is not None or self.ctx.sharded is None:
+            return tenant
+        ids = [event.payment.provider_id] if event.payment is not None else []
+        ids += [refund.payment_provider_id for refund in event.refunds]
+        for shard in self.ctx.sharded.shard_names():
+            with on_shard(shard):
+                for provider_id in ids:
+                    row = await self.ctx.db.fetchone(
+                        "SELECT tenant_id FROM payments WHERE provider_id = ?", (provider_id,)
+                    )
+                    if row is not None:
+                        return str(row["tenant_id"])
+        return None
 
     async def _record_webhook(self, event: ProviderEvent) -> WebhookReceipt:
         async with self.ctx.db.transaction() as tx:
