@@ -306,6 +306,11 @@ def backup_cmd(out: Path, data_dir: str | None, config_file: str | None) -> None
     settings = _settings(config_file, data_dir=data_dir)
     if settings.database_url:
         raise click.ClickException(_PG_BACKUP)
+    if settings.database_shards:
+        raise click.ClickException(
+            "APPLIANCE_DATABASE_SHARDS is set: `appliance backup` copies the data dir's appliance.db (the"
+            " directory) only; back up each shard database with its own tools (sqlite3 .backup, pg_dump)"
+        )
     with _progress("backing up") as report:
         try:
             manifest = backup(settings.data_path, out, report)

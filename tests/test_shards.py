@@ -395,3 +395,30 @@ async def test_tenant_tables_cover_every_tenant_table(tmp_path: Path) -> None:
     order = list(tables)
     assert order.index("pushes") < order.index("push_deliveries")
     assert order.index("payments") < order.index("payment_refunds")
+
+
+def test_cli_moves_lists_and_checks_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    monkeypatch.setenv("APPLIANCE_DATABASE_SHARDS", SHARDS)
+    monkeypatch.setenv("APPLIANCE_ROOT_KEY", ROOT_KEY)
+    data = ["--data-dir", str(tmp_path / "data")]
+    runner = CliRunner()
+    tenant = next(f"cli-{i}" for i in range(100) if place(f"cli-{i}", ["s1", "s2"]) == "s1")
+    assert runner.invoke(cli, ["tenants", "create", tenant, *data]).exit_code == 0
+    listed = runner.invoke(cli, ["shards", *data])
+    assert listed.exit_code == 0, listed.output
+    assert f"s1: {tmp_path / 'data' / 'shard-1.db'} (1 tenant(s), new tenants)" in listed.output
+    assert "main:" in listed.output and "no new tenants" in listed.output
+    moved = runner.invoke(cli, ["tenants", "move", tenant, "--to", "s2", "--grace", "0", *data])
+    assert moved.exit_code == 0, moved.output
+    assert f"freezing {tenant} on s1" in moved.output and f"{tenant}: s1 -> s2" in moved.output
+    assert f"  {tenant} epoch 2" in runner.invoke(cli, ["shards", *data]).output
+    unknown = runner.invoke(cli, ["tenants", "move", tenant, "--to", "s9", *data])
+    assert unknown.exit_code != 0 and "no shard named 's9'" in unknown.output
+    doctor = runner.invoke(cli, ["doctor", *data])
+    assert "shard:s1" in doctor.output and "shard:s2" in doctor.output
+    backup = runner.invoke(cli, ["backup", str(tmp_path / "b.tar.gz"), *data])
+    assert backup.exit_code != 0 and "APPLIANCE_DATABASE_SHARDS" in backup.output
