@@ -40,10 +40,13 @@ __all__ = [
     "ShardedDatabase",
     "TenantMoving",
     "acting_for",
+    "bind_tenant",
     "current_shard",
     "current_tenant",
+    "describe",
     "fence_key",
     "on_shard",
+    "open_sharded",
     "parse_shards",
     "place",
 ]
