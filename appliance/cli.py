@@ -211,6 +211,74 @@ def tenants_create(tenant_id: str, name: str, data_dir: str | None, config_file:
     click.echo(f"created tenant {tenant_id}")
 
 
+@tenants.command("move")
+@click.argument("tenant_id")
+@click.option(
+    "--to", "target", required=True, help="The shard to move to (a name in APPLIANCE_DATABASE_SHARDS)."
+)
+@click.option(
+    "--grace",
+    default=5.0,
+    show_default=True,
+    help="Seconds between the switch and deleting the old shard's rows (longer than nodes cache placements).",
+)
+@data_dir_option
+@config_option
+def tenants_move(
+    tenant_id: str, target: str, grace: float, data_dir: str | None, config_file: str | None
+) -> None:
+    """Move a tenant to another shard: freeze, copy, verify, switch, clean up (run again to resume)."""
+    settings = _settings(config_file, data_dir=data_dir)
+    _logging(settings)
+
+    async def move(ctx: Context) -> str:
+        from appliance.core.shard_move import move_tenant
+
+        if ctx.sharded is None:
+            raise click.ClickException(
+                "APPLIANCE_DATABASE_SHARDS is not set: there is nowhere to move a tenant"
+            )
+        report = await move_tenant(ctx.sharded, tenant_id, target, grace_s=grace, progress=click.echo)
+        rate = report.total_rows / report.seconds if report.seconds else 0.0
+        return (
+            f"{tenant_id}: {report.source} -> {report.target}, {report.total_rows} rows"
+            f" in {report.seconds:.1f}s ({rate:,.0f} rows/s){' (resumed)' if report.resumed else ''}"
+        )
+
+    click.echo(_run_or_explain(lambda: _with_context(settings, "cli", move, start=False)))
+
+
+@cli.command("shards")
+@data_dir_option
+@config_option
+def shards_cmd(data_dir: str | None, config_file: str | None) -> None:
+    """List the shards and which tenants each holds."""
+    settings = _settings(config_file, data_dir=data_dir)
+
+    async def listing(ctx: Context) -> list[str]:
+        from appliance.core.shards import DIRECTORY, describe
+
+        directory = ctx.db.directory
+        rows = await directory.fetchall(
+            "SELECT t.id, p.shard, p.epoch, p.moving_to, p.moved_from FROM tenants t"
+            " LEFT JOIN tenant_placements p ON p.tenant_id = t.id ORDER BY t.id"
+        )
+        placed = ctx.sharded.placed if ctx.sharded is not None else [DIRECTORY]
+        lines = []
+        for name, location in describe(ctx.db):
+            here = [r for r in rows if (r["shard"] or DIRECTORY) == name]
+            new = "new tenants" if name in placed else "no new tenants"
+            lines.append(f"{name}: {location} ({len(here)} tenant(s), {new})")
+            for r in here:
+                state = f" moving to {r['moving_to']}" if r["moving_to"] else ""
+                state += f" (rows left on {r['moved_from']})" if r["moved_from"] else ""
+                lines.append(f"  {r['id']} epoch {r['epoch'] or 0}{state}")
+        return lines
+
+    for line in _run_or_explain(lambda: _with_context(settings, "cli", listing, start=False)):
+        click.echo(line)
+
+
 def _run_or_explain(call: Callable[[], T]) -> T:
     from appliance.core.errors import Problem
 
@@ -238,6 +306,11 @@ def backup_cmd(out: Path, data_dir: str | None, config_file: str | None) -> None
     settings = _settings(config_file, data_dir=data_dir)
     if settings.database_url:
         raise click.ClickException(_PG_BACKUP)
+    if settings.database_shards:
+        raise click.ClickException(
+            "APPLIANCE_DATABASE_SHARDS is set: `appliance backup` copies the data dir's appliance.db (the"
+            " directory) only; back up each shard database with its own tools (sqlite3 .backup, pg_dump)"
+        )
     with _progress("backing up") as report:
         try:
             manifest = backup(settings.data_path, out, report)

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     database_url: Annotated[str, msgspec.Meta(pattern=r"^(|postgres(ql)?://\S+)$")] = ""
     database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     database_replica_urls: Annotated[str, msgspec.Meta(pattern=r"^(|postgres(ql)?://\S+)$")] = ""
+    database_shards: str = ""
+    shard_write_wait_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
     redis_url: str = ""
     vapid_private_key: str = ""
     s3_endpoint: str = ""
@@ -119,6 +121,7 @@ _SECRETS = {
     "redis_url",
     "database_url",
     "database_replica_urls",
+    "database_shards",
     "vapid_private_key",
 }
 
@@ -140,6 +143,8 @@ _DOCS: dict[str, str] = {
     "events_backend": "A plugin's event forwarder, added to local dispatch (e.g. `aws-eventbridge`).",
     "database_url": "PostgreSQL for the metadata (`postgresql://user:pass@host:5432/db`), shared by several nodes; empty: SQLite in the data dir.",
     "database_replica_urls": "Comma-separated PostgreSQL read replicas: lag-tolerant reads go there, except in a request that wrote.",
+    "database_shards": "Tenant shards: `name=postgresql://...` or `name=path.db` pairs, comma-separated (`main` is the directory database itself). New tenants are placed by a stable hash over the listed shards; `appliance tenants move` moves one. Empty: one database.",
+    "shard_write_wait_s": "How long a write to a tenant that is being moved between shards waits for the move to finish before it gets 503 with Retry-After.",
     "database_pool_size": "Connections each node keeps open to PostgreSQL (`APPLIANCE_DATABASE_URL`).",
     "vapid_private_key": "Web Push VAPID private key (PEM or base64url); set the same on every node. Empty: generated into the data dir.",
     "redis_url": "Redis for jobs (arq), event delivery, realtime fan-out and rate limits across nodes.",

@@ -29,8 +29,11 @@ MakeTenant = Callable[..., Awaitable[Headers]]
 
 # APPLIANCE_TEST_DATABASE=postgres runs the tests on PostgreSQL metadata: every test gets a fresh
 # database on the session's PostgreSQL peer (copied from a migrated template), and make_settings
-# points at it. The default, sqlite, keeps the metadata in each test's data dir.
+# points at it. APPLIANCE_TEST_DATABASE=shards keeps the directory in the data dir and places every
+# tenant but ``default`` on one of two SQLite shards beside it (APPLIANCE_DATABASE_SHARDS).
+# The default, sqlite, keeps the metadata in each test's data dir.
 TEST_DATABASE = os.environ.get("APPLIANCE_TEST_DATABASE", "sqlite")
+TEST_SHARDS = "s1=shard-1.db,s2=shard-2.db"
 _metadata = {"url": ""}
 
 
@@ -44,6 +47,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     }
     if _metadata["url"]:
         base["database_url"] = _metadata["url"]
+    if TEST_DATABASE == "shards":
+        base["database_shards"] = TEST_SHARDS
     base.update(overrides)
     return load_settings(env={}, **base)
 

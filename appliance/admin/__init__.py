@@ -48,7 +48,9 @@ async def _secure_headers(response: Response) -> Response:  # type: ignore[type-
 def install(ctx: Context) -> list[ControllerRouterHandler]:
     """Serve ``/admin``, accept the session cookie as a credential, add the session endpoints."""
     ctx.migrations.extend(MIGRATIONS)
-    store = SessionStore(ctx.db, ctx.settings.admin_session_idle_s, ctx.settings.admin_session_max_s)
+    store = SessionStore(
+        ctx.db.directory, ctx.settings.admin_session_idle_s, ctx.settings.admin_session_max_s
+    )
     ctx.provide("admin_sessions", store)
     ctx.credential_resolvers.append(store.resolve_request)
     static = create_static_files_router(

@@ -12,12 +12,14 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from litestar.types import ControllerRouterHandler
 
 from appliance.core.auth import requires, root_only
-from appliance.core.context import BackendStatus, Context
+from appliance.core.context import BackendStatus, Context, HealthCheck
+from appliance.core.db import Database
 from appliance.core.deps import AppContext, Caller
 from appliance.core.errors import Unauthorized, problem_response
 from appliance.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from appliance.core.metrics import MetricFamily, authorized, render
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
+from appliance.core.shards import DIRECTORY, ShardedDatabase
 from appliance.core.tenants import SCOPES, ApiKey, CreatedKey, Tenant, TenantId
 
 __all__ = ["install"]
@@ -173,6 +175,35 @@ async def redis_status(url: str) -> BackendStatus:
         await client.aclose()
 
 
+def shard_checks(sharded: ShardedDatabase) -> list[HealthCheck]:
+    """One check per shard besides the directory (``metadata``): each must answer a query."""
+
+    def check(name: str, db: Database) -> HealthCheck:
+        async def shard() -> BackendStatus:
+            postgres = db.dialect == "postgres"
+            try:
+                await db.fetchone("SELECT 1")
+            except Exception as exc:
+                return BackendStatus(
+                    name=f"shard:{name}",
+                    backend="postgresql" if postgres else "sqlite",
+                    mode="server" if postgres else "embedded",
+                    ok=False,
+                    detail=f"{db.location}: {exc}; is it up, and listed right in APPLIANCE_DATABASE_SHARDS?",
+                )
+            return BackendStatus(
+                name=f"shard:{name}",
+                backend="postgresql" if postgres else "sqlite",
+                mode="server" if postgres else "embedded",
+                ok=True,
+                detail=db.location,
+            )
+
+        return shard
+
+    return [check(name, db) for name, db in sharded.shards.items() if name != DIRECTORY]
+
+
 def install(ctx: Context) -> list[ControllerRouterHandler]:
     """The core routes and the metadata DB's health check; the core's migrations are already on the context."""
 
@@ -189,6 +220,8 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
         )
 
     ctx.health.append(metadata)
+    if ctx.sharded is not None:
+        ctx.health.extend(shard_checks(ctx.sharded))
     if ctx.settings.redis_url:
         ctx.health.append(lambda: redis_status(ctx.settings.redis_url))
 

@@ -19,6 +19,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.types import Guard
 
 from appliance.core.errors import Forbidden, NotFound, Unprocessable
+from appliance.core.shards import bind_tenant
 from appliance.core.tenants import Principal, valid_tenant_id
 
 __all__ = ["ApiKeyMiddleware", "CredentialResolver", "TokenVerifier", "requires", "root_only"]
@@ -77,6 +78,8 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
                 headers={"WWW-Authenticate": 'Bearer realm="appliance"'},
             )
         principal = await _with_tenant(ctx, principal, connection.headers.get(TENANT_HEADER))
+        # Everything this request does from here on reads and writes the tenant's shard.
+        bind_tenant(principal.tenant)
         return AuthenticationResult(user=principal, auth=principal)
 
 

@@ -27,6 +27,7 @@ from appliance.core.idempotency import IdempotencyStore
 from appliance.core.metrics import MetricsSource
 from appliance.core.migrations import MIGRATIONS
 from appliance.core.outbox import OutboxSignal
+from appliance.core.shards import ShardedDatabase, open_sharded
 from appliance.core.tenants import KeyService, TenantService
 from appliance.plugin import BackendSpec, EventHandlerSpec, JobHandler, PluginInfo, load_plugins
 
@@ -78,9 +79,17 @@ class Context:
     _shutdown: list[Step] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.tenants = TenantService(self.db)
-        self.keys = KeyService(self.db)
+        # Tenants and keys live in the directory; idempotency records with the tenant's data.
+        self.tenants = TenantService(
+            self.db.directory, self.db if isinstance(self.db, ShardedDatabase) else None
+        )
+        self.keys = KeyService(self.db.directory)
         self.idempotency = IdempotencyStore(self.db)
+
+    @property
+    def sharded(self) -> ShardedDatabase | None:
+        """The shard router when ``APPLIANCE_DATABASE_SHARDS`` is set, else ``None``."""
+        return self.db if isinstance(self.db, ShardedDatabase) else None
 
     @property
     def runs_workers(self) -> bool:
@@ -223,14 +232,23 @@ def _announce_root_key(secret: str) -> None:
 def build_context(settings: Settings, role: Role = "all", extra_plugins: Iterable[object] = ()) -> Context:
     """Load plugins and build the context; nothing touches the disk until :meth:`Context.running`."""
     manager, infos = load_plugins(settings.plugins, extra_plugins)
+    db = open_database(
+        settings.database_url,
+        settings.db_path,
+        settings.database_pool_size,
+        [u.strip() for u in settings.database_replica_urls.split(",") if u.strip()],
+    )
+    if settings.database_shards.strip():
+        db = open_sharded(
+            db,
+            settings.database_shards,
+            settings.data_path,
+            settings.database_pool_size,
+            settings.shard_write_wait_s,
+        )
     return Context(
         settings=settings,
-        db=open_database(
-            settings.database_url,
-            settings.db_path,
-            settings.database_pool_size,
-            [u.strip() for u in settings.database_replica_urls.split(",") if u.strip()],
-        ),
+        db=db,
         plugins=manager,
         plugin_infos=infos,
         role=role,

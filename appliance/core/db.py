@@ -217,6 +217,15 @@ class Database:
         """Where the data lives, for messages (never includes a password)."""
         return self.path
 
+    @property
+    def directory(self) -> Database:
+        """The database of tenants, keys and install-wide secrets: itself, unless sharded."""
+        return self
+
+    def shard_names(self) -> list[str]:
+        """The shards a background loop must scan, one loop each (``[""]``: just this database)."""
+        return [""]
+
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row

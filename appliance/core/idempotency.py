@@ -18,6 +18,7 @@ from litestar.params import HeaderParameter
 
 from appliance.core.db import Database, Tx
 from appliance.core.errors import Unprocessable
+from appliance.core.shards import on_shard
 
 __all__ = [
     "IdempotencyKey",
@@ -84,10 +85,14 @@ class IdempotencyStore:
         )
 
     async def expire(self, older_than_s: float) -> int:
-        """Forget keys older than ``older_than_s`` seconds; returns how many."""
-        return await self.db.execute(
-            "DELETE FROM idempotency WHERE created_at < ?", (time.time() - older_than_s,)
-        )
+        """Forget keys older than ``older_than_s`` seconds, on every shard; returns how many."""
+        forgotten = 0
+        for shard in self.db.shard_names():
+            with on_shard(shard):
+                forgotten += await self.db.execute(
+                    "DELETE FROM idempotency WHERE created_at < ?", (time.time() - older_than_s,)
+                )
+        return forgotten
 
 
 def _match(stored: str, status: int, body: bytes, print_: str) -> StoredResponse:

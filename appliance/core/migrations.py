@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from appliance.core.db import Migration, postgres_ddl
+from appliance.core.shards import MIGRATIONS as SHARD_MIGRATIONS
 
 __all__ = ["MIGRATIONS"]
 
@@ -72,4 +73,5 @@ MIGRATIONS = [
     Migration(
         "core", 2, "PostgreSQL compatibility: NOCASE collation, json_each(text)", "", postgres=_PG_COMPAT
     ),
+    *SHARD_MIGRATIONS,
 ]

@@ -17,6 +17,7 @@ import msgspec
 
 from appliance.core.db import Tx
 from appliance.core.ids import new_id
+from appliance.core.shards import current_shard
 
 __all__ = ["Event", "OutboxSignal", "emit"]
 
@@ -36,15 +37,18 @@ class OutboxSignal:
     """Wakes the dispatcher when a transaction that emitted events commits (it also polls, as a backstop)."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        # One per shard's dispatcher loop (one in all without shards): a wake-up reaches every loop.
+        self._events: dict[str, asyncio.Event] = {}
 
     def notify(self) -> None:
-        self._event.set()
+        for event in self._events.values():
+            event.set()
 
     async def wait(self, timeout: float) -> None:
+        event = self._events.setdefault(current_shard(), asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
-        self._event.clear()
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
 
 
 async def emit(

@@ -20,6 +20,7 @@ from appliance.core.db import Database, Row
 from appliance.core.errors import Conflict, NotFound, Unprocessable
 from appliance.core.ids import new_id, new_secret
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
+from appliance.core.shards import ShardedDatabase, acting_for
 
 __all__ = [
     "SCOPES",
@@ -95,16 +96,27 @@ TenantPurger = Callable[[str], Awaitable[None]]
 
 
 class TenantService:
-    """Create, list and delete tenants. Deleting a tenant deletes everything it owns."""
+    """Create, list and delete tenants. Deleting a tenant deletes everything it owns.
 
-    def __init__(self, db: Database) -> None:
+    ``db`` is the directory; with shards, ``sharded`` places each new tenant on a shard.
+    """
+
+    def __init__(self, db: Database, sharded: ShardedDatabase | None = None) -> None:
         self.db = db
+        self.sharded = sharded
         self.purgers: list[TenantPurger] = []
 
     async def create(self, tenant_id: str, name: str) -> Tenant:
         if not valid_tenant_id(tenant_id):
             raise Unprocessable(f"tenant id {tenant_id!r} must be 1-63 lowercase letters, digits or dashes")
         tenant = Tenant(id=tenant_id, name=name, created_at=time.time())
+        shard = None
+        if self.sharded is not None:
+            if await self.db.fetchone("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)):
+                raise Conflict(f"tenant {tenant_id!r} already exists")
+            # The shard's copy first: once the directory lists the tenant, its shard must accept its rows.
+            shard = self.sharded.place_new(tenant_id)
+            await self.sharded.add_tenant(shard, tenant_id, name, tenant.created_at)
         async with self.db.transaction() as tx:
             if await tx.fetchone("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)):
                 raise Conflict(f"tenant {tenant_id!r} already exists")
@@ -112,6 +124,12 @@ class TenantService:
                 "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)",
                 (tenant.id, name, tenant.created_at),
             )
+            if shard is not None:
+                # Recorded at creation, so listing a new shard later never moves a tenant implicitly.
+                await tx.execute(
+                    "INSERT INTO tenant_placements (tenant_id, shard, epoch, updated_at) VALUES (?, ?, 1, ?)",
+                    (tenant_id, shard, tenant.created_at),
+                )
         return tenant
 
     async def get(self, tenant_id: str) -> Tenant:
@@ -138,8 +156,11 @@ class TenantService:
         if tenant_id == "default":
             raise Conflict("the default tenant cannot be deleted")
         await self.get(tenant_id)
-        for purge in self.purgers:
-            await purge(tenant_id)
+        with acting_for(tenant_id):
+            for purge in self.purgers:
+                await purge(tenant_id)
+        if self.sharded is not None:
+            await self.sharded.drop_tenant(tenant_id)
         await self.db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
 
 

@@ -16,6 +16,7 @@ from appliance.core.errors import Conflict, NotFound, Unprocessable
 from appliance.core.ids import new_id
 from appliance.core.outbox import Event, emit
 from appliance.core.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from appliance.core.shards import current_shard, on_shard
 from appliance.events import DELIVERY_QUEUE, FORWARD_PATTERN, EventForwarder, NewRule, Rule
 from appliance.events.patterns import Pattern, PatternError, compile_pattern
 from appliance.events.targets import (
@@ -100,9 +101,13 @@ class EventService:
         self.targets.register(ChannelTarget())
         self._compiled: dict[str, tuple[str, Pattern]] = {}  # rule id -> (pattern JSON, compiled)
         self._handlers: list[tuple[EventHandlerSpec, Pattern]] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._last_sweep = 0.0
+        self._last_sweeps: dict[str, float] = {}  # per shard
+        # With shards, a tenant being moved keeps its outbox until it lands on its new shard.
+        self._not_fenced = (
+            " WHERE o.tenant_id NOT IN (SELECT tenant_id FROM tenant_fence)" if ctx.sharded else ""
+        )
 
     # -------------------------------------------------------------- publish ---
 
@@ -263,7 +268,7 @@ class EventService:
         """Deliver one batch of the outbox (as jobs); returns how many events were taken."""
         rows = await self.ctx.db.fetchall(
             "SELECT e.id, e.tenant_id, e.source, e.type, e.payload, e.created_at FROM outbox o"
-            " JOIN events e ON e.id = o.event_id ORDER BY o.created_at LIMIT ?",
+            f" JOIN events e ON e.id = o.event_id{self._not_fenced} ORDER BY o.created_at LIMIT ?",
             (BATCH,),
         )
         if not rows:
@@ -283,16 +288,16 @@ class EventService:
 
     async def _sweep(self) -> None:
         now = time.time()
-        if now - self._last_sweep < SWEEP_EVERY_S:
+        if now - self._last_sweeps.get(current_shard(), 0.0) < SWEEP_EVERY_S:
             return
-        self._last_sweep = now
+        self._last_sweeps[current_shard()] = now
         cutoff = now - self.ctx.settings.event_retention_days * 86400
         await self.ctx.db.execute(
             "DELETE FROM events WHERE created_at < ? AND id NOT IN (SELECT event_id FROM outbox)", (cutoff,)
         )
 
     async def run(self) -> None:
-        """The dispatcher loop: woken by commits that emitted events, polling as a backstop."""
+        """The dispatcher loop (one per shard): woken by commits that emitted events, polling as a backstop."""
         while not self._stopping:
             try:
                 if await self.dispatch_once():
@@ -307,8 +312,10 @@ class EventService:
         total = 0
         while True:
             dispatched = 0
-            while n := await self.dispatch_once():
-                dispatched += n
+            for shard in self.ctx.db.shard_names():
+                with on_shard(shard):
+                    while n := await self.dispatch_once():
+                        dispatched += n
             ran = await self.jobs.drain()
             total += dispatched
             if not dispatched and not ran:
@@ -317,16 +324,19 @@ class EventService:
     async def start(self) -> None:
         self._stopping = False
         if self.ctx.runs_workers:
-            self._task = asyncio.create_task(self.run(), name="appliance-event-dispatcher")
+            for shard in self.ctx.db.shard_names():
+                with on_shard(shard):
+                    name = f"appliance-event-dispatcher{'-' + shard if shard else ''}"
+                    self._tasks.append(asyncio.create_task(self.run(), name=name))
 
     async def stop(self) -> None:
         self._stopping = True
         self.ctx.outbox.notify()
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
     # --------------------------------------------------- internal job types ---
 

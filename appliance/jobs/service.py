@@ -9,9 +9,11 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from appliance.config import ConfigError
 from appliance.core.db import Tx
 from appliance.core.errors import NotFound
 from appliance.core.pagination import DEFAULT_LIMIT, Page
+from appliance.core.shards import on_shard
 from appliance.jobs import JobHandler, JobQueue, JobRecord, NewJob
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ class JobService:
         self.ctx = ctx
         self.queue = queue
         self.concurrency = ctx.settings.job_concurrency
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
 
     @property
@@ -76,7 +78,11 @@ class JobService:
 
     async def drain(self) -> int:
         """Run every job that is due until none is left (tests and ``burst`` runs); returns how many ran."""
-        return await self.queue.drain(self.handlers(), self.concurrency)
+        ran = 0
+        for shard in self.ctx.db.shard_names():
+            with on_shard(shard):
+                ran += await self.queue.drain(self.handlers(), self.concurrency)
+        return ran
 
     async def webhook_secret(self, tenant: str) -> str:
         """The tenant's default webhook signing secret, created on first use."""
@@ -100,19 +106,23 @@ class JobService:
         self._stopping = False
         await self.queue.start()
         if self.ctx.runs_workers:
-            self._worker = asyncio.create_task(self._supervise(), name="appliance-jobs-worker")
+            # One worker loop per shard (just one without shards): each claims from its own jobs table.
+            for shard in self.ctx.db.shard_names():
+                with on_shard(shard):
+                    name = f"appliance-jobs-worker{'-' + shard if shard else ''}"
+                    self._workers.append(asyncio.create_task(self._supervise(), name=name))
 
     async def stop(self) -> None:
         self._stopping = True
         await self.queue.close()
-        if self._worker is not None:
+        for worker in self._workers:
             try:
-                await asyncio.wait_for(asyncio.shield(self._worker), STOP_GRACE_S)
+                await asyncio.wait_for(asyncio.shield(worker), STOP_GRACE_S)
             except TimeoutError:
-                self._worker.cancel()
+                worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._worker
-            self._worker = None
+                    await worker
+        self._workers = []
 
     async def _supervise(self) -> None:
         # A worker that crashes (a database error, a Redis outage) is restarted, not left dead.
@@ -133,11 +143,17 @@ class JobService:
 def make_queue(ctx: Context) -> JobQueue:
     """The adapter the settings pick: a plugin's (``APPLIANCE_BACKENDS=jobs=...``), arq, or sqlite."""
     plugin: Any = ctx.plugin_backend("jobs")
+    if plugin is not None and ctx.sharded is not None:
+        raise ConfigError(
+            "APPLIANCE_DATABASE_SHARDS works with the built-in job queue only (one per shard);"
+            " unset APPLIANCE_JOBS_BACKEND / the jobs entry of APPLIANCE_BACKENDS"
+        )
     if plugin is not None:
         queue: JobQueue = plugin
         return queue
     retention_s = ctx.settings.job_retention_days * 86400
-    if ctx.settings.redis_url:
+    # With shards, each shard's jobs table is its own queue (Redis still serves realtime and rate limits).
+    if ctx.settings.redis_url and ctx.sharded is None:
         from appliance.jobs.arq import ArqQueue
 
         return ArqQueue(ctx.db, ctx.settings.redis_url, retention_s=retention_s)

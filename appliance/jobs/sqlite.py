@@ -24,6 +24,7 @@ from appliance.core.context import BackendStatus
 from appliance.core.db import Database, Migration, Row, Tx
 from appliance.core.ids import new_id
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
+from appliance.core.shards import bind_tenant, current_shard
 from appliance.jobs import (
     Attempt,
     Backoff,
@@ -91,6 +92,7 @@ _COLUMNS = (
     " run_at, result, error, history, created_at, started_at, finished_at"
 )
 _ACTIVE = "status IN ('queued', 'running')"
+_NOT_FENCED = " AND tenant_id NOT IN (SELECT tenant_id FROM tenant_fence)"
 PRUNE_SQL = "DELETE FROM jobs WHERE status = 'succeeded' AND finished_at < ?"
 # The attempt history (a JSON array in a TEXT column), edited in place: SQLite's JSON functions, or jsonb.
 _HISTORY = {
@@ -194,19 +196,36 @@ class SqliteQueue:
         self.db = db
         self.retention_s = retention_s
         self.stop_wait_s = STOP_WAIT_S
-        self._signal = asyncio.Event()
+        self._signals: dict[str, asyncio.Event] = {}
         self._closing = False
-        self._last_sweep = 0.0
+        self._last_sweeps: dict[str, float] = {}
+        # With shards, one worker loop per shard; a tenant being moved is left alone until it lands.
+        self._active = _ACTIVE + (_NOT_FENCED if db.directory is not db else "")
+
+    @property
+    def _signal(self) -> asyncio.Event:
+        # One per shard's worker loop, so one loop's wake-up is never consumed by another's.
+        return self._signals.setdefault(current_shard(), asyncio.Event())
+
+    @property
+    def _last_sweep(self) -> float:
+        return self._last_sweeps.get(current_shard(), 0.0)
+
+    @_last_sweep.setter
+    def _last_sweep(self, value: float) -> None:
+        self._last_sweeps[current_shard()] = value
 
     def wake(self) -> None:
         self._signal.set()
+        for signal in self._signals.values():
+            signal.set()
 
     async def start(self) -> None:
         self._closing = False
 
     async def close(self) -> None:
         self._closing = True
-        self._signal.set()
+        self.wake()
 
     # ----------------------------------------------------------------- writes ---
 
@@ -326,13 +345,16 @@ class SqliteQueue:
         return started
 
     async def _attempt(self, handlers: dict[str, JobHandler], item: _Claimed, out: list[_Outcome]) -> None:
+        signal = self._signal  # this loop's, looked up before the tenant binding below
+        # The handler acts for the job's tenant: its writes are routed (and fenced) like a request's.
+        bind_tenant(item.job.tenant)
         out.append(outcome_of(item, *await run_handler(handlers.get(item.job.type), item.job)))
-        self._signal.set()
+        signal.set()
 
     async def _wait(self, busy: bool) -> None:
         timeout = IDLE_POLL_S
         if not busy:
-            row = await self.db.fetchone(f"SELECT MIN(due_at) AS due FROM jobs WHERE {_ACTIVE}")
+            row = await self.db.fetchone(f"SELECT MIN(due_at) AS due FROM jobs WHERE {self._active}")
             if row is not None and row["due"] is not None:
                 timeout = max(0.0, min(timeout, row["due"] - time.time()))
         else:
@@ -343,7 +365,7 @@ class SqliteQueue:
 
     async def _idle(self) -> bool:
         row = await self.db.fetchone(
-            f"SELECT 1 FROM jobs WHERE {_ACTIVE} AND (status = 'running' OR due_at <= ?) LIMIT 1",
+            f"SELECT 1 FROM jobs WHERE {self._active} AND (status = 'running' OR due_at <= ?) LIMIT 1",
             (time.time(),),
         )
         return row is None
@@ -360,7 +382,8 @@ class SqliteQueue:
 
     async def _claim(self, tx: Tx, limit: int, now: float) -> list[_Claimed]:
         rows = await tx.fetchall(
-            f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE {_ACTIVE} AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?"
+            f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE {self._active} AND due_at <= ?"
+            " ORDER BY priority DESC, due_at LIMIT ?"
             # PostgreSQL: workers on several nodes claim concurrently; each skips the rows another holds.
             + (" FOR UPDATE SKIP LOCKED" if tx.dialect == "postgres" else ""),
             (now, limit),

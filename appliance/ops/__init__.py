@@ -47,6 +47,11 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
             "APPLIANCE_BACKUP_INTERVAL_HOURS backs up a SQLite data dir; with APPLIANCE_DATABASE_URL the metadata"
             " is in PostgreSQL: schedule pg_dump (or use PostgreSQL's continuous archiving) instead"
         )
+    if ctx.settings.database_shards:
+        raise ConfigError(
+            "APPLIANCE_BACKUP_INTERVAL_HOURS backs up the data dir's appliance.db, not the tenant shards of"
+            " APPLIANCE_DATABASE_SHARDS: back up each shard database with its own tools instead"
+        )
     task: asyncio.Task[None] | None = None
 
     async def loop() -> None:

@@ -36,6 +36,7 @@ from appliance.core.errors import (
 from appliance.core.idempotency import StoredResponse, check_key, fingerprint
 from appliance.core.ids import new_id
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
+from appliance.core.shards import acting_for, on_shard
 from appliance.payments import (
     PAYMENT_META,
     REFUND_META,
@@ -403,6 +404,28 @@ class PaymentService:
             raise BadRequest(str(exc), slug="invalid-webhook") from None
         except ProviderUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
+        # No key, so no tenant from authentication: the metadata we gave the provider names it (shards).
+        with acting_for(await self._webhook_tenant(event)):
+            return await self._record_webhook(event)
+
+    async def _webhook_tenant(self, event: ProviderEvent) -> str | None:
+        """The tenant a webhook is about: from our metadata, else (shards) the shard that knows its ids."""
+        tenant = _event_tenant(event)
+        if tenant is not None or self.ctx.sharded is None:
+            return tenant
+        ids = [event.payment.provider_id] if event.payment is not None else []
+        ids += [refund.payment_provider_id for refund in event.refunds]
+        for shard in self.ctx.sharded.shard_names():
+            with on_shard(shard):
+                for provider_id in ids:
+                    row = await self.ctx.db.fetchone(
+                        "SELECT tenant_id FROM payments WHERE provider_id = ?", (provider_id,)
+                    )
+                    if row is not None:
+                        return str(row["tenant_id"])
+        return None
+
+    async def _record_webhook(self, event: ProviderEvent) -> WebhookReceipt:
         async with self.ctx.db.transaction() as tx:
             fresh = await tx.execute(
                 "INSERT INTO payment_webhook_events (event_id, type, received_at) VALUES (?, ?, ?)"
@@ -449,6 +472,12 @@ async def _settled_payment(tx: Tx, tenant: str, payment_id: str) -> Reply:
     if payment.provider_id is not None:
         return 402, _problem(402, f"the payment was declined: {payment.failure}", "payment-declined")
     return 422, _problem(422, payment.failure or "the provider refused the payment", "payment-rejected")
+
+
+def _event_tenant(event: ProviderEvent) -> str | None:
+    snapshots = [event.payment.metadata] if event.payment is not None else []
+    snapshots += [refund.metadata for refund in event.refunds]
+    return next((m[TENANT_META] for m in snapshots if m.get(TENANT_META)), None)
 
 
 async def _locate(tx: Tx, provider_id: str, metadata: dict[str, str]) -> tuple[str, str] | None:

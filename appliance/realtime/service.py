@@ -766,7 +766,7 @@ def build_hub(ctx: Context) -> Hub:
         from appliance.realtime.memory import MemoryRegistry
 
         backend, registry, name = MemoryChannelsBackend(), MemoryRegistry(), "memory"
-    tokens = TokenSigner(ctx.db)
+    tokens = TokenSigner(ctx.db.directory)
     hub = Hub(
         ChannelsPlugin(backend=backend, arbitrary_channels_allowed=True),
         registry,

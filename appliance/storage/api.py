@@ -21,6 +21,7 @@ from appliance.core.auth import requires
 from appliance.core.deps import AppContext, Caller
 from appliance.core.errors import BadRequest, NotFound, Problem
 from appliance.core.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
+from appliance.core.shards import bind_tenant
 from appliance.storage.service import (
     MAX_EXPIRES_IN,
     SIGNED_PREFIX,
@@ -206,6 +207,7 @@ async def get_signed(
 ) -> Response[Any]:
     service = _service(ctx)
     service.verify(tenant, bucket, _key(request, key), expires, signature)
+    bind_tenant(tenant)  # no key, so authentication did not: the signature names the tenant
     return await _serve(service, tenant, bucket, _key(request, key), request)
 
 
@@ -221,6 +223,7 @@ async def head_signed(
 ) -> Response[None]:
     service = _service(ctx)
     service.verify(tenant, bucket, _key(request, key), expires, signature)
+    bind_tenant(tenant)  # no key, so authentication did not: the signature names the tenant
     return await _serve_head(service, tenant, bucket, _key(request, key), request)
 
 

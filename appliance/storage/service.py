@@ -28,6 +28,7 @@ from appliance.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLar
 from appliance.core.ids import new_id, new_secret
 from appliance.core.outbox import emit
 from appliance.core.pagination import Page, decode_cursor, encode_cursor
+from appliance.core.shards import acting_for
 from appliance.storage import BlobNotFound, BlobStore
 
 __all__ = ["MIGRATIONS", "ObjectInfo", "SignedUrl", "StorageService", "check_bucket", "check_key"]
@@ -187,15 +188,16 @@ class StorageService:
         """
         cutoff_ms = (time.time() - min_age) * 1000
         removed = 0
-        for row in await self.ctx.db.fetchall("SELECT id FROM tenants ORDER BY id"):
+        for row in await self.ctx.db.directory.fetchall("SELECT id FROM tenants ORDER BY id"):
             tenant, cursor = str(row["id"]), None
-            while True:
-                page = await self.store.list(tenant, cursor=cursor, limit=500)
-                old = [name for name in page.names if _created_ms(name) < cutoff_ms]
-                removed += await self._delete_unreferenced(tenant, old)
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
+            with acting_for(tenant):
+                while True:
+                    page = await self.store.list(tenant, cursor=cursor, limit=500)
+                    old = [name for name in page.names if _created_ms(name) < cutoff_ms]
+                    removed += await self._delete_unreferenced(tenant, old)
+                    if page.next_cursor is None:
+                        break
+                    cursor = page.next_cursor
         return removed
 
     async def _delete_unreferenced(self, tenant: str, names: list[str]) -> int:
@@ -214,7 +216,7 @@ class StorageService:
     async def _signing_secret(self) -> bytes:
         # Generated once per install and kept in the metadata DB, so backups carry it and every
         # process of the install signs alike.
-        async with self.ctx.db.transaction() as tx:
+        async with self.ctx.db.directory.transaction() as tx:
             await tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                 (_SIGNING_ROW, new_secret(32)),

@@ -15,6 +15,7 @@ from appliance.app import create_app
 from appliance.config import Settings
 from appliance.core.context import Context
 from appliance.core.outbox import Event, emit
+from appliance.core.shards import acting_for
 from appliance.events import EventService
 from appliance.jobs import Job
 from appliance.jobs.http import verify
@@ -378,8 +379,9 @@ async def test_job_target_and_in_process_handlers(
     [job] = plugin.jobs
     assert job.tenant == "acme" and job.queue == "work" and job.payload["id"] == event_id
     assert job.payload["payload"] == {"n": 1}
-    [handler_job] = await ctx_of(app).db.fetchall("SELECT id FROM jobs WHERE type = 'appliance.event'")
-    await ctx_of(app).db.execute("UPDATE jobs SET due_at = 0 WHERE id = ?", (handler_job["id"],))
+    with acting_for("acme"):  # outside a request: say whose shard to read (APPLIANCE_DATABASE_SHARDS)
+        [handler_job] = await ctx_of(app).db.fetchall("SELECT id FROM jobs WHERE type = 'appliance.event'")
+        await ctx_of(app).db.execute("UPDATE jobs SET due_at = 0 WHERE id = ?", (handler_job["id"],))
     await service.drain()
     assert plugin.handled == [("acme", "order.paid")] and plugin.calls == 2
 
@@ -430,12 +432,13 @@ async def test_events_emitted_in_a_transaction_are_delivered_with_it(
     }
     await client.post("/v1/rules", json=rule, headers=headers)
     ctx = ctx_of(app)
-    with pytest.raises(RuntimeError):
+    with acting_for("acme"), pytest.raises(RuntimeError):
         async with ctx.db.transaction() as tx:
             await emit(tx, "acme", "storage", "storage.object.created", {"key": "lost"}, ctx.outbox)
             raise RuntimeError("the state change failed, so the event never happened")
-    async with ctx.db.transaction() as tx:
-        await emit(tx, "acme", "storage", "storage.object.created", {"key": "kept"}, ctx.outbox)
+    with acting_for("acme"):
+        async with ctx.db.transaction() as tx:
+            await emit(tx, "acme", "storage", "storage.object.created", {"key": "kept"}, ctx.outbox)
     await events_of(app).drain()
     assert [j.payload["payload"]["key"] for j in plugin.jobs] == ["kept"]
 

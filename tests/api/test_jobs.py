@@ -15,6 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from appliance.config import Settings
+from appliance.core.shards import acting_for
 from appliance.jobs import JobService
 from appliance.jobs.http import verify
 from tests.api.test_core import assert_problem
@@ -107,8 +108,10 @@ async def test_http_job_without_secret_uses_the_tenant_secret(
     job = {"type": "http", "payload": {"url": receiver.url, "body": {"x": 1}}}
     assert (await client.post("/v1/queues/hooks/jobs", json=job, headers=headers)).status_code == 201
     await jobs_of(app).drain()
-    secret = await jobs_of(app).webhook_secret("acme")
-    assert secret != await jobs_of(app).webhook_secret("default")
+    with acting_for("acme"):
+        secret = await jobs_of(app).webhook_secret("acme")
+    with acting_for("default"):
+        assert secret != await jobs_of(app).webhook_secret("default")
     [delivery] = receiver.deliveries
     assert verify(secret, delivery.body, delivery.headers["Appliance-Signature"])
 
@@ -240,7 +243,8 @@ async def test_http_job_over_the_arq_backend(
     redis = request.getfixturevalue("redis_peer")
     # The app's own worker runs the job (the test client serves the app on a loop of its own, so the
     # test polls the API, with a deadline, instead of draining the queue from here).
-    app = create_app(make_settings(tmp_path / "arq-data", redis_url=redis.url))
+    # arq is the job queue only without shards (with them, each shard's jobs table is its queue).
+    app = create_app(make_settings(tmp_path / "arq-data", redis_url=redis.url, database_shards=""))
     async with AsyncTestClient(app, base_url="http://appliance.test") as client:
         await http_job_runs_in_the_background(client, receiver, "arq")
 

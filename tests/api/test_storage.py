@@ -16,6 +16,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from appliance.config import Settings
+from appliance.core.shards import acting_for
 from appliance.plugin import BackendSpec, hookimpl
 from appliance.storage import BlobInfo, open_blob_store
 from appliance.storage.local import LocalBlobStore
@@ -45,9 +46,11 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 async def events(app: Litestar, tenant: str = "default") -> list[tuple[str, dict[str, Any]]]:
-    rows = await app.state.ctx.db.fetchall(
-        "SELECT type, payload FROM events WHERE tenant_id = ? AND source = 'storage' ORDER BY id", (tenant,)
-    )
+    with acting_for(tenant):  # the tenant's shard, with APPLIANCE_DATABASE_SHARDS
+        rows = await app.state.ctx.db.fetchall(
+            "SELECT type, payload FROM events WHERE tenant_id = ? AND source = 'storage' ORDER BY id",
+            (tenant,),
+        )
     return [(r["type"], msgspec.json.decode(r["payload"])) for r in rows]
 
 

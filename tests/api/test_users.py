@@ -8,6 +8,7 @@ import msgspec
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from appliance.core.shards import acting_for
 from tests.api.test_core import assert_problem
 from tests.conftest import ROOT, MakeTenant
 
@@ -15,9 +16,10 @@ Client = AsyncTestClient[Litestar]
 
 
 async def events(app: Litestar, tenant: str = "default") -> list[tuple[str, dict[str, Any]]]:
-    rows = await app.state.ctx.db.fetchall(
-        "SELECT type, payload FROM events WHERE tenant_id = ? ORDER BY id", (tenant,)
-    )
+    with acting_for(tenant):  # the tenant's shard, with APPLIANCE_DATABASE_SHARDS
+        rows = await app.state.ctx.db.fetchall(
+            "SELECT type, payload FROM events WHERE tenant_id = ? ORDER BY id", (tenant,)
+        )
     return [(r["type"], msgspec.json.decode(r["payload"])) for r in rows]
 
 
