@@ -3,7 +3,8 @@
 ``Appliance-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>``, with the
 secret from ``payload.secret`` or the tenant's webhook secret. 5xx, 408, 429, timeouts and connection
 errors are retried with the job's backoff; any other 4xx fails the job for good. A circuit breaker per
-target host stops hammering a host that keeps failing (its jobs retry later instead).
+target host stops hammering a host that keeps failing (its jobs retry later instead); with Redis
+configured, every node shares the breakers (:mod:`appliance.core.breakers`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
-from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
 from appliance import __version__
+from appliance.core.breakers import close_breakers, make_breakers
 from appliance.jobs import Job, PermanentJobError
 
 if TYPE_CHECKING:
@@ -70,11 +71,14 @@ def parse_payload(payload: dict[str, Any]) -> HttpPayload:
 class HttpJobs:
     """The ``http`` handler with its HTTP client and circuit breakers (one per target host)."""
 
-    def __init__(self, service: JobService, threshold: int = 5, ttl_s: float = 30) -> None:
+    def __init__(
+        self, service: JobService, threshold: int = 5, ttl_s: float = 30, redis_url: str = ""
+    ) -> None:
         self.service = service
         self.client: httpx.AsyncClient | None = None
-        self.breakers = AsyncCircuitBreakerFactory(
-            default_threshold=threshold, default_ttl=ttl_s, exclude=[PermanentJobError]
+        # Shared through Redis when configured: one node's failures to a host open its circuit on all.
+        self.breakers = make_breakers(
+            redis_url, threshold=threshold, ttl_s=ttl_s, exclude=[PermanentJobError]
         )
 
     async def start(self) -> None:
@@ -86,6 +90,7 @@ class HttpJobs:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        await close_breakers(self.breakers)
 
     async def run(self, job: Job) -> dict[str, Any]:
         payload = parse_payload(job.payload)

@@ -169,7 +169,7 @@ def install_service(ctx: Context) -> JobService:
     ctx.migrations.extend(MIGRATIONS)
     service = JobService(ctx, make_queue(ctx))
     ctx.provide("jobs", service)
-    http = HttpJobs(service)
+    http = HttpJobs(service, redis_url=ctx.settings.redis_url)
     ctx.register_job_handler("http", http.run)
     ctx.health.append(service.queue.health)
     ctx.tenants.purgers.append(service.queue.purge)

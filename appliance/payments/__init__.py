@@ -166,6 +166,7 @@ def build_provider(settings: Settings) -> PaymentProvider | None:
         webhook_secret=settings.stripe_webhook_secret,
         api_base=settings.stripe_api_base,
         timeout_s=settings.stripe_timeout_s,
+        redis_url=settings.redis_url,
     )
 
 

@@ -1,7 +1,7 @@
 """The Stripe adapter: stripe-python's async ``StripeClient`` over httpx, with retries and a breaker.
 
-Every call runs inside an in-memory purgatory circuit breaker (per process; sharing its state through
-Redis across nodes is future work) and is retried by stamina on network errors, timeouts, 429 and 5xx.
+Every call runs inside a purgatory circuit breaker (its state in Redis, shared by every node, when
+``APPLIANCE_REDIS_URL`` is set; in this process otherwise) and is retried by stamina on network errors, timeouts, 429 and 5xx.
 Retries are safe because each call carries an idempotency key, which Stripe dedupes for 24 hours.
 Webhook signatures are checked here, on the raw bytes, per Stripe's documented ``v1`` scheme.
 """
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import msgspec
 import stamina
 import stripe
-from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
+from redis.exceptions import RedisError
 
+from appliance.core.breakers import close_breakers, make_breakers
 from appliance.payments import (
     ChargeRequest,
     InvalidSignature,
@@ -192,6 +193,7 @@ class StripeProvider:
         attempts: int = 3,
         breaker_threshold: int = 5,
         breaker_ttl_s: float = 30.0,
+        redis_url: str = "",
     ) -> None:
         self.where = api_base or DEFAULT_BASE
         self._webhook_secret = webhook_secret
@@ -206,9 +208,10 @@ class StripeProvider:
             max_network_retries=0,  # stamina retries, so the breaker sees one outcome per call
         )
         # Only outages trip the breaker: a declined card says nothing about Stripe's health.
-        self._breakers = AsyncCircuitBreakerFactory(
-            default_threshold=breaker_threshold,
-            default_ttl=breaker_ttl_s,
+        self._breakers = make_breakers(
+            redis_url,
+            threshold=breaker_threshold,
+            ttl_s=breaker_ttl_s,
             exclude=[(stripe.StripeError, lambda exc: not _is_outage(exc))],
         )
 
@@ -267,6 +270,7 @@ class StripeProvider:
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
+        await close_breakers(self._breakers)
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -279,6 +283,11 @@ class StripeProvider:
             ) from None
         except stripe.StripeError as exc:
             raise self._translate(exc) from exc
+        except RedisError as exc:
+            # Retrying is safe: the call carries an idempotency key, whether or not it reached Stripe.
+            raise ProviderUnavailable(
+                f"the circuit breaker's state in Redis (APPLIANCE_REDIS_URL) is unreachable: {exc}"
+            ) from None
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in stamina.retry_context(
