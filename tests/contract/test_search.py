@@ -12,12 +12,13 @@ import os
 import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from appliance.core.db import Tx
 from appliance.core.errors import Unprocessable
 from appliance.search import IndexDefinition, SearchEngine, SearchRequest, SearchResult
 from appliance.search.meili import MeiliEngine
@@ -567,25 +568,36 @@ async def test_sqlite_fts_a_search_over_its_inline_budget_moves_to_the_readers(t
         await engine.close()
 
 
-async def test_sqlite_fts_rebuilds_an_index_of_the_older_layout_at_start(tmp_path: Path) -> None:
-    """Version 1 kept every filterable value as an attribute row; start() rebuilds such an index."""
-    path = tmp_path / "search.db"
+async def _movies_in_an_older_layout(path: Path, downgrade: Callable[[Tx, int], Awaitable[None]]) -> int:
+    """Index MOVIES at ``path``, then let ``downgrade`` rewrite the index (generation n) as an older
+    version left it on disk; returns n."""
     old = SqliteFtsEngine(path, worker=False)
     await old.start()
     search = SearchService(old)
     await search.put_index("acme", "movies", DEFINITION)
     await search.add_documents("acme", "movies", [dict(m) for m in MOVIES])
     await old.drain()
-    async with old.db.transaction() as tx:  # turn it into what version 1 left on disk
+    async with old.db.transaction() as tx:
         row = await tx.fetchone("SELECT generation FROM indexes")
         assert row is not None
-        n = row["generation"]
+        n = int(row["generation"])
+        await downgrade(tx, n)
+    await old.close()
+    return n
+
+
+async def test_sqlite_fts_rebuilds_an_index_of_the_older_layout_at_start(tmp_path: Path) -> None:
+    """Version 1 kept every filterable value as an attribute row; start() rebuilds such an index."""
+    path = tmp_path / "search.db"
+
+    async def version_1(tx: Tx, n: int) -> None:
         await tx.execute(f"DROP TABLE ix{n}_attrs")
         await tx.execute(f"CREATE TABLE ix{n}_attrs (field TEXT NOT NULL, value, doc INTEGER NOT NULL,"
                          " PRIMARY KEY (field, value, doc)) WITHOUT ROWID")  # fmt: skip
         await tx.execute(f"ALTER TABLE ix{n}_docs DROP COLUMN f0")
         await tx.execute("UPDATE indexes SET layout = 1")
-    await old.close()
+
+    n = await _movies_in_an_older_layout(path, version_1)
     engine = SqliteFtsEngine(path, worker=False)
     await engine.start()
     try:
@@ -604,16 +616,8 @@ async def test_sqlite_fts_rebuilds_an_index_that_stores_its_texts_in_fts5_at_sta
     """Layout 2 kept a copy of the searchable texts in the FTS5 table; start() rebuilds such an index
     with a contentless one, its documents intact (searchable, highlighted, replaceable, deletable)."""
     path = tmp_path / "search.db"
-    old = SqliteFtsEngine(path, worker=False)
-    await old.start()
-    search = SearchService(old)
-    await search.put_index("acme", "movies", DEFINITION)
-    await search.add_documents("acme", "movies", [dict(m) for m in MOVIES])
-    await old.drain()
-    async with old.db.transaction() as tx:  # turn it into what version 2 left on disk
-        row = await tx.fetchone("SELECT generation FROM indexes")
-        assert row is not None
-        n = row["generation"]
+
+    async def version_2(tx: Tx, n: int) -> None:
         await tx.execute(f"DROP TABLE ix{n}_fts")
         await tx.execute(f"CREATE VIRTUAL TABLE ix{n}_fts USING fts5(c0, c1, c2,"
                          " tokenize = 'unicode61 remove_diacritics 2')")  # fmt: skip
@@ -625,7 +629,8 @@ async def test_sqlite_fts_rebuilds_an_index_that_stores_its_texts_in_fts5_at_sta
                 (*texts, movie["id"]),
             )
         await tx.execute("UPDATE indexes SET layout = 2")
-    await old.close()
+
+    n = await _movies_in_an_older_layout(path, version_2)
     engine = SqliteFtsEngine(path, worker=False)
     await engine.start()
     try:
