@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from purgatory import AsyncCircuitBreakerFactory
+from purgatory import AsyncCircuitBreakerFactory, AsyncRedisUnitOfWork
 from purgatory.service._async.repository import AsyncRedisRepository
-from purgatory.service._async.unit_of_work import AsyncRedisUnitOfWork
 
 __all__ = ["BREAKER_PREFIX", "close_breakers", "make_breakers"]
 
