@@ -181,23 +181,21 @@ def shard_checks(sharded: ShardedDatabase) -> list[HealthCheck]:
     def check(name: str, db: Database) -> HealthCheck:
         async def shard() -> BackendStatus:
             postgres = db.dialect == "postgres"
-            try:
-                await db.fetchone("SELECT 1")
-            except Exception as exc:
-                return BackendStatus(
-                    name=f"shard:{name}",
-                    backend="postgresql" if postgres else "sqlite",
-                    mode="server" if postgres else "embedded",
-                    ok=False,
-                    detail=f"{db.location}: {exc}; is it up, and listed right in APPLIANCE_DATABASE_SHARDS?",
-                )
-            return BackendStatus(
+            status = BackendStatus(
                 name=f"shard:{name}",
                 backend="postgresql" if postgres else "sqlite",
                 mode="server" if postgres else "embedded",
                 ok=True,
                 detail=db.location,
             )
+            try:
+                await db.fetchone("SELECT 1")
+            except Exception as exc:
+                status.ok = False
+                status.detail = (
+                    f"{db.location}: {exc}; is it up, and listed right in APPLIANCE_DATABASE_SHARDS?"
+                )
+            return status
 
         return shard
 
