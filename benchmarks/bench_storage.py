@@ -5,25 +5,35 @@
 The issue's target is a 1 GiB object (``--size-mib 1024``: about a minute per round and backend on
 a quiet machine); the default is 256 MiB so that a run stays well under a minute.
 
-Every transfer is made by the same fast client, ``curl`` (a subprocess reading the source file and
-writing the received bytes to a file), so the benchmark measures the servers, not a Python HTTP
-client. The source file and the downloaded copies live in a tmpfs (``/dev/shm``: no disk writeback noise);
+Every transfer through the appliance is made twice, by two clients:
+
+``urllib3``
+    the HTTP library the ``minio`` client itself runs on, used the way that client and this
+    script's direct copies use it: 1 MiB reads and writes (``stream(1 MiB)`` into the target
+    file; the upload body sent from 1 MiB reads of the source with a ``Content-Length``). Against
+    the ``minio`` client this is the same client on both sides, so the ratio is the servers' own.
+``curl``
+    a subprocess reading the source file and writing the received bytes to a file. curl 7.88
+    writes what it receives in 8 KiB ``write`` calls (136,000 of them per GiB), which costs
+    it 1 to 3.4 CPU s/GiB; it stays as a second, independent client, and the raw-HTTP and
+    presigned-URL baselines are measured with it (same client both sides). The source file and the downloaded copies live in a tmpfs (``/dev/shm``: no disk writeback noise);
 uploads are stored on disk (the appliance's data dir, and the direct copy, both fsynced). Per backend
 and round:
 
 local
-  upload    appliance  curl -T src -> PUT -> appliance -> temp file, MD5, fsync, rename, SQLite row
+  upload    appliance  PUT src -> appliance -> temp file, SHA-256, fsync, rename, SQLite row
             direct     copy src -> file, fsync (4 MiB reads/writes): the same bytes written, no appliance
-  download  appliance  curl GET -> file
+  download  appliance  GET -> file
             direct     copy blob file -> file (the issue's "plain file copy", no socket at all)
             raw http   the same curl GET -> file, from a minimal server on the same loopback that only
                        sends the blob file (``read`` + ``send``, and ``sendfile``): the transfer minus
-                       the appliance, so its ratio is the appliance's own overhead
+                       the appliance, so its ratio (to the appliance through curl) is the
+                       appliance's own overhead
 s3 (a MinIO started here)
-  upload    appliance  curl -T src -> PUT -> appliance -> MinIO (multipart)
+  upload    appliance  PUT src -> appliance -> MinIO (multipart)
             direct     the ``minio`` client's ``fput_object`` straight to MinIO, and
                        curl -T src to a presigned MinIO URL (same client, no appliance)
-  download  appliance  curl GET -> file
+  download  appliance  GET -> file
             direct     the ``minio`` client's ``get_object`` -> file, and curl GET of a presigned URL -> file
 
 Also measured: the CPU time every process spends on each transfer (curl, the appliance, MinIO, and
@@ -31,7 +41,8 @@ this script for the direct copies and the minio client), per GiB. On a machine w
 busy, throughput follows CPU cost, so that table says why a ratio is what it is.
 
 Ratios are appliance / direct throughput (1.0 = as fast as going direct), from the same round, so
-they hold up on a loaded machine; with several rounds, also their median and the ratio of the best
+they hold up on a loaded machine: every appliance row against the issue's baselines (file copy,
+``minio`` client), and curl against the baselines measured with curl; with several rounds, also their median and the ratio of the best
 round of each (the least disturbed by other load). Also printed: the appliance's peak RSS growth (VmHWM) over the
 round, and ``uptime``'s load averages.
 """
@@ -39,6 +50,7 @@ round, and ``uptime``'s load averages.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import resource
 import shutil
@@ -51,8 +63,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -143,6 +156,70 @@ def curl_get(url: str, target: Path, *headers: str) -> None:
     curl("-o", str(target), *extra, url)
 
 
+POOL: list[Any] = []  # one urllib3 PoolManager, made on first use (urllib3 comes with the minio client)
+
+
+def _pool() -> Any:
+    if not POOL:
+        import urllib3
+
+        POOL.append(urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=120), retries=False))
+    return POOL[0]
+
+
+def py_put(url: str, source: Path, *headers: str) -> None:
+    """PUT ``source`` with urllib3, read and sent 1 MiB at a time, with its ``Content-Length``."""
+
+    def body() -> Iterator[bytes]:
+        with source.open("rb", buffering=0) as handle:
+            while chunk := handle.read(MIB):
+                yield chunk
+
+    fields = dict(header.split(": ", 1) for header in headers)
+    fields["Content-Length"] = str(source.stat().st_size)
+    response = _pool().request("PUT", url, body=body(), headers=fields)
+    if response.status >= 300:
+        raise SystemExit(f"PUT {url} -> {response.status}: {response.data[:300]!r}")
+
+
+def py_get(url: str, target: Path, *headers: str) -> None:
+    """GET ``url`` into ``target`` with urllib3, 1 MiB reads and writes (as the minio client round does)."""
+    fields = dict(header.split(": ", 1) for header in headers)
+    response = _pool().request("GET", url, headers=fields, preload_content=False)
+    try:
+        if response.status >= 300:
+            raise SystemExit(f"GET {url} -> {response.status}: {response.read()[:300]!r}")
+        save(response, target)
+    finally:
+        response.release_conn()
+
+
+def copy_get(url: str, target: Path, *headers: str) -> None:
+    """GET ``url`` into ``target`` with the standard library's ``http.client``, in the plain file copy's
+    loop: ``readinto`` one reused 4 MiB buffer, ``write`` it out (the copy, with a socket as its source)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
+    try:
+        connection.request("GET", parts.path, headers=dict(header.split(": ", 1) for header in headers))
+        response = connection.getresponse()
+        if response.status >= 300:
+            raise SystemExit(f"GET {url} -> {response.status}: {response.read()[:300]!r}")
+        buffer = bytearray(BUFFER)
+        view = memoryview(buffer)
+        with target.open("wb", buffering=0) as handle:
+            while count := response.readinto(buffer):
+                handle.write(view[:count])
+    finally:
+        connection.close()
+
+
+def save(response: Any, target: Path) -> None:
+    """Write a urllib3 response's body to ``target``, 1 MiB at a time."""
+    with target.open("wb") as handle:
+        for part in response.stream(MIB):
+            handle.write(part)
+
+
 def check_same(a: Path, b: Path) -> None:
     if a.stat().st_size != b.stat().st_size:
         raise SystemExit(f"{b} has {b.stat().st_size} bytes, expected {a.stat().st_size}")
@@ -164,14 +241,18 @@ def load() -> str:
 def raw_http_server(path: Path, zero_copy: bool) -> Iterator[str]:
     """A minimal HTTP/1.1 server that answers every GET with the bytes of ``path``, and nothing else."""
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)  # so that the thread sees ``stop`` (closing a socket does not wake accept)
     stop = threading.Event()
 
     def serve() -> None:
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(None)
             with conn, path.open("rb", buffering=0) as handle:
                 request = b""
                 while b"\r\n\r\n" not in request:
@@ -196,37 +277,70 @@ def raw_http_server(path: Path, zero_copy: bool) -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
     finally:
         stop.set()
-        listener.close()
         thread.join(5)
+        listener.close()
 
 
 # ------------------------------------------------------------------- rounds ---
 
 
-def local_round(workdir: Path, source: Path, appliance_url: str, blob_root: Path) -> Results:
+Step = tuple[str, Callable[[], object]]
+
+
+def in_turn(
+    results: Results, number: int, steps: list[Step], check: Callable[[], None] | None = None
+) -> None:
+    """Record ``steps`` (then ``check`` each's result), in order on even rounds and reversed on odd
+    ones: whatever the machine is still doing after the step before (disk writeback after an
+    upload, say) lands on each in turn."""
+    for name, action in steps if number % 2 == 0 else reversed(steps):
+        record(results, name, action)
+        if check is not None:
+            check()
+
+
+def settle() -> None:
+    """Between the uploads and the downloads: flush what the uploads left to the disk, and let it go quiet."""
+    os.sync()
+    time.sleep(1)
+
+
+def local_round(number: int, workdir: Path, source: Path, appliance_url: str, blob_root: Path) -> Results:
     out = source.parent / "out.bin"
     results: Results = {}
     url = appliance_url + OBJECT
-    record(
-        results, "upload direct (file write + fsync)", lambda: copy_file(source, workdir / "direct.bin", True)
+    in_turn(
+        results,
+        number,
+        [
+            ("upload direct (file write + fsync)", lambda: copy_file(source, workdir / "direct.bin", True)),
+            ("upload appliance (urllib3)", lambda: py_put(url, source, AUTH)),
+            ("upload appliance (curl)", lambda: curl_put(url, source, AUTH)),
+        ],
     )
-    record(results, "upload appliance", lambda: curl_put(url, source, AUTH))
     (workdir / "direct.bin").unlink()
     blob = max(blob_root.rglob("*"), key=lambda p: p.stat().st_mtime if p.is_file() else 0)
     check_same(source, blob)
-    record(results, "download appliance", lambda: curl_get(url, out, AUTH))
-    check_same(source, out)
-    record(results, "download direct (plain file copy)", lambda: copy_file(blob, out, False))
-    for zero_copy, label in ((False, "read+send"), (True, "sendfile")):
-        with raw_http_server(blob, zero_copy) as raw_url:
-            record(results, f"download raw http ({label})", partial(curl_get, raw_url, out))
-        check_same(source, out)
+    settle()
+    with raw_http_server(blob, False) as read_send, raw_http_server(blob, True) as sendfile:
+        in_turn(
+            results,
+            number,
+            [
+                ("download appliance (http.client)", lambda: copy_get(url, out, AUTH)),
+                ("download appliance (curl)", lambda: curl_get(url, out, AUTH)),
+                ("download direct (plain file copy)", lambda: copy_file(blob, out, False)),
+                ("download raw http (read+send, curl)", lambda: curl_get(read_send, out)),
+                ("download raw http (sendfile, curl)", lambda: curl_get(sendfile, out)),
+            ],
+            check=lambda: check_same(source, out),
+        )
     out.unlink()
     return results
 
 
 def s3_round(
-    workdir: Path, source: Path, appliance_url: str, endpoint: str, access: str, secret: str
+    number: int, workdir: Path, source: Path, appliance_url: str, endpoint: str, access: str, secret: str
 ) -> Results:
     from datetime import timedelta
 
@@ -244,26 +358,37 @@ def s3_round(
     def minio_get() -> None:
         response = client.get_object("direct", "client.bin")
         try:
-            with out.open("wb") as handle:
-                for part in response.stream(MIB):
-                    handle.write(part)
+            save(response, out)
         finally:
             response.close()
             response.release_conn()
 
-    record(
+    in_turn(
         results,
-        "upload direct (minio client)",
-        lambda: client.fput_object("direct", "client.bin", str(source), part_size=16 * MIB),
+        number,
+        [
+            (
+                "upload direct (minio client)",
+                lambda: client.fput_object("direct", "client.bin", str(source), part_size=16 * MIB),
+            ),
+            ("upload direct (curl, presigned)", lambda: curl_put(put_url, source)),
+            ("upload appliance (urllib3)", lambda: py_put(url, source, AUTH)),
+            ("upload appliance (curl)", lambda: curl_put(url, source, AUTH)),
+        ],
     )
-    record(results, "upload direct (curl, presigned)", lambda: curl_put(put_url, source))
-    record(results, "upload appliance", lambda: curl_put(url, source, AUTH))
-    record(results, "download appliance", lambda: curl_get(url, out, AUTH))
-    check_same(source, out)
-    record(results, "download direct (minio client)", minio_get)
-    check_same(source, out)
-    record(results, "download direct (curl, presigned)", lambda: curl_get(get_url, out))
-    check_same(source, out)
+    settle()
+
+    in_turn(
+        results,
+        number,
+        [
+            ("download appliance (urllib3)", lambda: py_get(url, out, AUTH)),
+            ("download appliance (curl)", lambda: curl_get(url, out, AUTH)),
+            ("download direct (minio client)", minio_get),
+            ("download direct (curl, presigned)", lambda: curl_get(get_url, out)),
+        ],
+        check=lambda: check_same(source, out),
+    )
     out.unlink()
     return results
 
@@ -290,19 +415,24 @@ def report(backend: str, size: int, rounds: list[Results], growth: list[int]) ->
         print(f"  {name:36} {cells}   median {statistics.median(speeds):7.0f}")
     print("  ratios (appliance / direct): per round, the median of those, and best round / best round")
     for direction in ("upload", "download"):
-        ours = [r[f"{direction} appliance"] for r in rounds]
+        ours = [name for name in names if name.startswith(f"{direction} appliance")]
         for name in names:
-            if not name.startswith(direction) or name == f"{direction} appliance":
+            if not name.startswith(direction) or name in ours:
                 continue
-            ratios = [r[name] / r[f"{direction} appliance"] for r in rounds]
-            best = min(r[name] for r in rounds) / min(ours)
-            cells = "  ".join(f"{x:7.2f}" for x in ratios)
-            label = f"{direction} vs {name.removeprefix(direction).strip()}"
-            print(f"  {label:36} {cells}   median {statistics.median(ratios):7.2f}   best {best:5.2f}")
+            # a baseline measured with curl is compared with the appliance through curl only
+            for mine in [m for m in ours if "(curl" in m] if "(curl" in name else ours:
+                ratios = [r[name] / r[mine] for r in rounds]
+                best = min(r[name] for r in rounds) / min(r[mine] for r in rounds)
+                cells = "  ".join(f"{x:7.2f}" for x in ratios)
+                label = f"{mine} / {name.removeprefix(direction).strip()}"
+                print(f"  {label:64} {cells}   median {statistics.median(ratios):5.2f}   best {best:5.2f}")
     gib = size / 1024**3
-    print("  CPU seconds per GiB, all processes (curl, servers, this script), median; and direct / appliance")
+    print(
+        "  CPU seconds per GiB, all processes (curl, servers, this script), median; and that / the first appliance row's"
+    )
     for direction in ("upload", "download"):
-        appliance_cost = statistics.median(r[f"{direction} appliance cpu"] for r in rounds) / gib
+        reference = next(name for name in names if name.startswith(f"{direction} appliance"))
+        appliance_cost = statistics.median(r[f"{reference} cpu"] for r in rounds) / gib
         for name in names:
             if name.startswith(direction):
                 cost = statistics.median(r[f"{name} cpu"] for r in rounds) / gib
@@ -338,9 +468,9 @@ def bench(
             print(f"{backend} round {number + 1}: {load()}", flush=True)
             before = peak_rss(proc.process.pid)
             if backend == "local":
-                results.append(direct(workdir, source, proc.url, data_dir / "blobs"))
+                results.append(direct(number, workdir, source, proc.url, data_dir / "blobs"))
             else:
-                results.append(direct(workdir, source, proc.url))
+                results.append(direct(number, workdir, source, proc.url))
             growth.append(peak_rss(proc.process.pid) - before)
     del WATCHED["appliance"]
     report(backend, source.stat().st_size, results, growth)
@@ -387,8 +517,8 @@ def main() -> None:
                     "APPLIANCE_S3_SECRET_KEY": secret,
                 }
 
-                def direct(workdir: Path, source: Path, url: str) -> Results:
-                    return s3_round(workdir, source, url, endpoint, access, secret)
+                def direct(number: int, workdir: Path, source: Path, url: str) -> Results:
+                    return s3_round(number, workdir, source, url, endpoint, access, secret)
 
                 bench("s3", workdir, source, args.rounds, env, direct)
     print(f"\nend: {load()}")
