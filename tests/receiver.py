@@ -57,7 +57,8 @@ def serve_receiver() -> Iterator[Receiver]:
 
     server = Server(("127.0.0.1", 0), Handler)
     state.append(Receiver(url=f"http://127.0.0.1:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll: shutdown() waits up to one poll interval (0.5 s by default) at every teardown
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield state[0]
