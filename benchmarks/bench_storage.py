@@ -35,6 +35,10 @@ s3 (a MinIO started here)
                        curl -T src to a presigned MinIO URL (same client, no appliance)
   download  appliance  GET -> file
             direct     the ``minio`` client's ``get_object`` -> file, and curl GET of a presigned URL -> file
+            bare relay the urllib3 GET through the least a second hop can do: a thread that fetches
+                       the presigned URL and passes MinIO's response on without parsing it
+                       (``recv_into`` + ``sendall``, and ``os.splice``): the price of the hop alone, so
+                       its ratio is what the appliance adds to that
 
 Also measured: the CPU time every process spends on each transfer (curl, the appliance, MinIO, and
 this script for the direct copies and the minio client), per GiB. On a machine whose cores are all
@@ -50,6 +54,7 @@ round, and ``uptime``'s load averages.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import http.client
 import os
 import resource
@@ -238,8 +243,8 @@ def load() -> str:
 
 
 @contextmanager
-def raw_http_server(path: Path, zero_copy: bool) -> Iterator[str]:
-    """A minimal HTTP/1.1 server that answers every GET with the bytes of ``path``, and nothing else."""
+def serving(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback server, in a thread, that reads each connection's request head and calls ``answer``."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)  # so that the thread sees ``stop`` (closing a socket does not wake accept)
     stop = threading.Event()
@@ -253,23 +258,14 @@ def raw_http_server(path: Path, zero_copy: bool) -> Iterator[str]:
             except OSError:
                 return
             conn.settimeout(None)
-            with conn, path.open("rb", buffering=0) as handle:
+            with conn:
                 request = b""
                 while b"\r\n\r\n" not in request:
                     data = conn.recv(65536)
                     if not data:
                         break
                     request += data
-                size = os.fstat(handle.fileno()).st_size
-                head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
-                conn.sendall(head.encode())
-                if zero_copy:
-                    conn.sendfile(handle)
-                else:
-                    buffer = bytearray(BUFFER)
-                    view = memoryview(buffer)
-                    while count := handle.readinto(buffer):
-                        conn.sendall(view[:count])
+                answer(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -279,6 +275,56 @@ def raw_http_server(path: Path, zero_copy: bool) -> Iterator[str]:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def raw_http_server(path: Path, zero_copy: bool) -> AbstractContextManager[str]:
+    """A minimal HTTP/1.1 server that answers every GET with the bytes of ``path``, and nothing else."""
+
+    def answer(conn: socket.socket) -> None:
+        with path.open("rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+            conn.sendall(head.encode())
+            if zero_copy:
+                conn.sendfile(handle)
+            else:
+                buffer = bytearray(BUFFER)
+                view = memoryview(buffer)
+                while count := handle.readinto(buffer):
+                    conn.sendall(view[:count])
+
+    return serving(answer)
+
+
+def relay_server(target: str, zero_copy: bool) -> AbstractContextManager[str]:
+    """The cheapest second hop there is: every GET is answered by fetching ``target`` (a presigned
+    MinIO URL) and passing MinIO's response on byte for byte, headers included, parsing nothing:
+    ``recv_into`` one reused 1 MiB buffer and ``sendall`` it, or ``os.splice`` through a pipe (the
+    bytes never enter user space). What any proxy pays for the hop itself, and no more."""
+    parts = urlsplit(target)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+
+    def answer(conn: socket.socket) -> None:
+        with socket.create_connection((host, port)) as upstream:
+            upstream.sendall(request.encode())
+            if zero_copy:
+                read, write = os.pipe()
+                try:
+                    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, MIB)
+                    while moved := os.splice(upstream.fileno(), write, MIB):
+                        while moved:
+                            moved -= os.splice(read, conn.fileno(), moved)
+                finally:
+                    os.close(read)
+                    os.close(write)
+            else:
+                buffer = bytearray(MIB)
+                view = memoryview(buffer)
+                while count := upstream.recv_into(buffer):
+                    conn.sendall(view[:count])
+
+    return serving(answer)
 
 
 # ------------------------------------------------------------------- rounds ---
@@ -378,17 +424,20 @@ def s3_round(
     )
     settle()
 
-    in_turn(
-        results,
-        number,
-        [
-            ("download appliance (urllib3)", lambda: py_get(url, out, AUTH)),
-            ("download appliance (curl)", lambda: curl_get(url, out, AUTH)),
-            ("download direct (minio client)", minio_get),
-            ("download direct (curl, presigned)", lambda: curl_get(get_url, out)),
-        ],
-        check=lambda: check_same(source, out),
-    )
+    with relay_server(get_url, False) as relay, relay_server(get_url, True) as splice:
+        in_turn(
+            results,
+            number,
+            [
+                ("download appliance (urllib3)", lambda: py_get(url, out, AUTH)),
+                ("download appliance (curl)", lambda: curl_get(url, out, AUTH)),
+                ("download direct (minio client)", minio_get),
+                ("download direct (curl, presigned)", lambda: curl_get(get_url, out)),
+                ("download bare relay (recv+send, urllib3)", lambda: py_get(relay, out)),
+                ("download bare relay (splice, urllib3)", lambda: py_get(splice, out)),
+            ],
+            check=lambda: check_same(source, out),
+        )
     out.unlink()
     return results
 
@@ -413,19 +462,28 @@ def report(backend: str, size: int, rounds: list[Results], growth: list[int]) ->
         speeds = [mbps(r[name]) for r in rounds]
         cells = "  ".join(f"{s:7.0f}" for s in speeds)
         print(f"  {name:36} {cells}   median {statistics.median(speeds):7.0f}")
+
+    def ratio(slower: str, faster: str) -> None:
+        """One line: how fast ``slower`` went, as a fraction of ``faster``, same round."""
+        ratios = [r[faster] / r[slower] for r in rounds]
+        best = min(r[faster] for r in rounds) / min(r[slower] for r in rounds)
+        cells = "  ".join(f"{x:7.2f}" for x in ratios)
+        label = f"{slower} / {faster.partition(' ')[2]}"
+        print(f"  {label:64} {cells}   median {statistics.median(ratios):5.2f}   best {best:5.2f}")
+
     print("  ratios (appliance / direct): per round, the median of those, and best round / best round")
     for direction in ("upload", "download"):
         ours = [name for name in names if name.startswith(f"{direction} appliance")]
         for name in names:
             if not name.startswith(direction) or name in ours:
                 continue
-            # a baseline measured with curl is compared with the appliance through curl only
-            for mine in [m for m in ours if "(curl" in m] if "(curl" in name else ours:
-                ratios = [r[name] / r[mine] for r in rounds]
-                best = min(r[name] for r in rounds) / min(r[mine] for r in rounds)
-                cells = "  ".join(f"{x:7.2f}" for x in ratios)
-                label = f"{mine} / {name.removeprefix(direction).strip()}"
-                print(f"  {label:64} {cells}   median {statistics.median(ratios):5.2f}   best {best:5.2f}")
+            # a baseline that names its client is compared with the appliance through that client
+            client = next((c for c in ("curl", "urllib3") if c in name.rpartition("(")[2]), None)
+            for mine in [m for m in ours if client is None or f"({client}" in m]:
+                ratio(mine, name)
+    # what the hop alone costs: the bare relays against the minio client
+    for hop in [name for name in names if "bare relay" in name]:
+        ratio(hop, "download direct (minio client)")
     gib = size / 1024**3
     print(
         "  CPU seconds per GiB, all processes (curl, servers, this script), median; and that / the first appliance row's"
