@@ -135,12 +135,19 @@ def record(results: Results, name: str, action: Callable[[], object]) -> None:
     results.update({f"{name} cpu {who}": spent for who, spent in CPU.items()})
 
 
-def copy_file(source: Path, target: Path, fsync: bool) -> None:
-    buffer = bytearray(BUFFER)
+def pump(
+    read_into: Callable[[bytearray], int | None], write: Callable[[memoryview], object], size: int = BUFFER
+) -> None:
+    """Move bytes from ``read_into`` to ``write`` through one reused buffer until the source ends."""
+    buffer = bytearray(size)
     view = memoryview(buffer)
+    while count := read_into(buffer):
+        write(view[:count])
+
+
+def copy_file(source: Path, target: Path, fsync: bool) -> None:
     with source.open("rb", buffering=0) as reader, target.open("wb", buffering=0) as writer:
-        while count := reader.readinto(buffer):
-            writer.write(view[:count])
+        pump(reader.readinto, writer.write)
         if fsync:
             os.fsync(writer.fileno())
 
@@ -209,11 +216,8 @@ def copy_get(url: str, target: Path, *headers: str) -> None:
         response = connection.getresponse()
         if response.status >= 300:
             raise SystemExit(f"GET {url} -> {response.status}: {response.read()[:300]!r}")
-        buffer = bytearray(BUFFER)
-        view = memoryview(buffer)
         with target.open("wb", buffering=0) as handle:
-            while count := response.readinto(buffer):
-                handle.write(view[:count])
+            pump(response.readinto, handle.write)
     finally:
         connection.close()
 
@@ -288,10 +292,7 @@ def raw_http_server(path: Path, zero_copy: bool) -> AbstractContextManager[str]:
             if zero_copy:
                 conn.sendfile(handle)
             else:
-                buffer = bytearray(BUFFER)
-                view = memoryview(buffer)
-                while count := handle.readinto(buffer):
-                    conn.sendall(view[:count])
+                pump(handle.readinto, conn.sendall)
 
     return serving(answer)
 
@@ -319,10 +320,7 @@ def relay_server(target: str, zero_copy: bool) -> AbstractContextManager[str]:
                     os.close(read)
                     os.close(write)
             else:
-                buffer = bytearray(MIB)
-                view = memoryview(buffer)
-                while count := upstream.recv_into(buffer):
-                    conn.sendall(view[:count])
+                pump(upstream.recv_into, conn.sendall, MIB)
 
     return serving(answer)
 
