@@ -13,7 +13,7 @@ verified end to end while the appliance hashes it only once with a cryptographic
 :class:`_Client`);
 downloads are one streamed GET, passed on in the pieces aiohttp reads (up to 256 KiB), with up to
 ``_READ_BUFFER`` read ahead of a slow client (regrouping the pieces into 1 MiB ones, and a 1 MiB
-read-ahead, were measured: a copy of every byte and more pauses of the MinIO connection, 10-15%
+read-ahead, were measured: a copy of every byte and more pauses of the MinIO connection, 5-10%
 slower; concurrent ranged GETs cost more CPU per GiB, MinIO's and ours, than they save in waiting,
 so they were slower too); a failed or oversized upload is aborted, leaving no
 object (a killed process leaves an incomplete upload, which is invisible and which MinIO expires
