@@ -179,6 +179,15 @@ def _pool() -> Any:
     return POOL[0]
 
 
+def fields(headers: tuple[str, ...]) -> dict[str, str]:
+    """``("Name: value", ...)``, the form curl takes, as the dict the Python clients take."""
+    return dict(header.split(": ", 1) for header in headers)
+
+
+def refused(method: str, url: str, status: int, body: bytes) -> SystemExit:
+    return SystemExit(f"{method} {url} -> {status}: {body[:300]!r}")
+
+
 def py_put(url: str, source: Path, *headers: str) -> None:
     """PUT ``source`` with urllib3, read and sent 1 MiB at a time, with its ``Content-Length``."""
 
@@ -187,20 +196,18 @@ def py_put(url: str, source: Path, *headers: str) -> None:
             while chunk := handle.read(MIB):
                 yield chunk
 
-    fields = dict(header.split(": ", 1) for header in headers)
-    fields["Content-Length"] = str(source.stat().st_size)
-    response = _pool().request("PUT", url, body=body(), headers=fields)
+    length = {"Content-Length": str(source.stat().st_size)}
+    response = _pool().request("PUT", url, body=body(), headers=fields(headers) | length)
     if response.status >= 300:
-        raise SystemExit(f"PUT {url} -> {response.status}: {response.data[:300]!r}")
+        raise refused("PUT", url, response.status, response.data)
 
 
 def py_get(url: str, target: Path, *headers: str) -> None:
     """GET ``url`` into ``target`` with urllib3, 1 MiB reads and writes (as the minio client round does)."""
-    fields = dict(header.split(": ", 1) for header in headers)
-    response = _pool().request("GET", url, headers=fields, preload_content=False)
+    response = _pool().request("GET", url, headers=fields(headers), preload_content=False)
     try:
         if response.status >= 300:
-            raise SystemExit(f"GET {url} -> {response.status}: {response.read()[:300]!r}")
+            raise refused("GET", url, response.status, response.read())
         save(response, target)
     finally:
         response.release_conn()
@@ -212,10 +219,10 @@ def copy_get(url: str, target: Path, *headers: str) -> None:
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
     try:
-        connection.request("GET", parts.path, headers=dict(header.split(": ", 1) for header in headers))
+        connection.request("GET", parts.path, headers=fields(headers))
         response = connection.getresponse()
         if response.status >= 300:
-            raise SystemExit(f"GET {url} -> {response.status}: {response.read()[:300]!r}")
+            raise refused("GET", url, response.status, response.read())
         with target.open("wb", buffering=0) as handle:
             pump(response.readinto, handle.write)
     finally:
