@@ -48,6 +48,7 @@ __all__ = [
     "PostgresDatabase",
     "Row",
     "Tx",
+    "is_postgres_url",
     "open_database",
     "placeholders",
     "postgres_ddl",
@@ -578,11 +579,16 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
+def is_postgres_url(url: str) -> bool:
+    """Whether a database URL names PostgreSQL (``postgresql://`` or ``postgres://``)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def open_database(
     url: str, sqlite_path: Path | str, pool_size: int = 10, replica_urls: Sequence[str] = ()
 ) -> Database:
     """The metadata store for ``APPLIANCE_DATABASE_URL``: PostgreSQL for ``postgresql://``, else SQLite."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         return PostgresDatabase(url, pool_size=pool_size, replica_urls=replica_urls)
     if replica_urls:
         raise ValueError("APPLIANCE_DATABASE_REPLICA_URLS needs APPLIANCE_DATABASE_URL (PostgreSQL)")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import ConfigError
-from appliance.core.db import Database, Migration, Params, Row, Tx, open_database
+from appliance.core.db import Database, Migration, Params, Row, Tx, is_postgres_url, open_database
 from appliance.core.errors import ServiceUnavailable
 
 __all__ = [
@@ -163,7 +163,7 @@ def parse_shards(value: str, data_dir: Path) -> dict[str, str]:
             raise ConfigError(
                 f"APPLIANCE_DATABASE_SHARDS: shard {name!r} needs a url: {name}=postgresql://..."
             )
-        if not url.startswith(("postgresql://", "postgres://")):
+        if not is_postgres_url(url):
             path = Path(url.removeprefix("sqlite:").removeprefix("//"))
             url = str(path if path.is_absolute() else data_dir / path)
         shards[name] = url
@@ -339,7 +339,7 @@ def open_sharded(
     for name, url in urls.items():
         if name == DIRECTORY:
             continue
-        postgres = url.startswith(("postgresql://", "postgres://"))
+        postgres = is_postgres_url(url)
         if postgres != (directory.dialect == "postgres"):
             raise ConfigError(
                 f"APPLIANCE_DATABASE_SHARDS: shard {name!r} is {'PostgreSQL' if postgres else 'SQLite'}"
