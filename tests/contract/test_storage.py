@@ -15,6 +15,8 @@ from appliance.storage.local import LocalBlobStore
 from appliance.storage.s3 import PART_SIZE, S3BlobStore
 from tests.peers import MinioPeer, free_port
 
+MIB = 1024 * 1024
+
 
 @pytest.fixture(params=["local", "s3", "aws-s3"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
@@ -96,9 +98,19 @@ async def test_ranges(store: BlobStore, offset: int, length: int | None) -> None
     assert await read(store, "acme", "r/x", offset, length) == data[offset:end]
 
 
+@pytest.mark.parametrize(("offset", "length"), [(0, 3 * MIB + 7), (1, MIB), (MIB + 3, 2 * MIB + 4)])
+async def test_large_ranges(store: BlobStore, offset: int, length: int) -> None:
+    # Ranged reads of a large blob, across the pieces a download is sent in (1 MiB, or aiohttp's).
+    data = os.urandom(3 * MIB + 7)
+    await store.put("acme", "r/big", chunks_of(data, MIB))
+    assert await read(store, "acme", "r/big", offset, length) == data[offset : offset + length]
+
+
 async def test_missing_blobs(store: BlobStore) -> None:
     with pytest.raises(BlobNotFound):
         await store.get("acme", "nope/x")
+    with pytest.raises(BlobNotFound):
+        await store.get("acme", "nope/x", 0, 2 * MIB)
     with pytest.raises(BlobNotFound):
         await store.head("acme", "nope/x")
     await store.delete("acme", "nope/x")  # idempotent
@@ -204,6 +216,8 @@ async def test_s3_down_is_storage_unavailable() -> None:
             await store.put("acme", "b/k", chunks_of(b"x"))
         with pytest.raises(StorageUnavailable):
             await store.get("acme", "b/k")
+        with pytest.raises(StorageUnavailable, match=r"s3 at 127\.0\.0\.1"):
+            await store.get("acme", "b/k", 0, 2 * MIB)
         assert not (await store.health()).ok
     finally:
         await store.close()
