@@ -100,7 +100,7 @@ async def test_ranges(store: BlobStore, offset: int, length: int | None) -> None
 
 @pytest.mark.parametrize(("offset", "length"), [(0, 3 * MIB + 7), (1, MIB), (MIB + 3, 2 * MIB + 4)])
 async def test_large_ranges(store: BlobStore, offset: int, length: int) -> None:
-    # Ranged reads of a large blob, across the pieces a download is sent in (1 MiB, or aiohttp's).
+    # Ranges of a large blob that cut across the chunks it was written in and the pieces it is read in.
     data = os.urandom(3 * MIB + 7)
     await store.put("acme", "r/big", chunks_of(data, MIB))
     assert await read(store, "acme", "r/big", offset, length) == data[offset : offset + length]
