@@ -70,6 +70,7 @@ def moto_env(moto_peer: MotoPeer, monkeypatch: pytest.MonkeyPatch) -> MotoPeer:
 
 @pytest.fixture
 async def platform_app(moto_peer: MotoPeer) -> str:
+    moto_peer.reset()  # the SNS tests read moto's data.json: see MotoPeer.reset
     clients = AwsClients(**moto_peer.client_kwargs())
     sns = await clients.client("sns")
     answer = await sns.create_platform_application(
