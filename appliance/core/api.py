@@ -175,27 +175,30 @@ async def redis_status(url: str) -> BackendStatus:
         await client.aclose()
 
 
+def _database_status(name: str, db: Database, ok: bool, detail: str, version: str = "") -> BackendStatus:
+    """A metadata database's status: PostgreSQL is a server, SQLite is embedded."""
+    postgres = db.dialect == "postgres"
+    return BackendStatus(
+        name=name,
+        backend="postgresql" if postgres else "sqlite",
+        mode="server" if postgres else "embedded",
+        ok=ok,
+        detail=detail,
+        version=version,
+    )
+
+
 def shard_checks(sharded: ShardedDatabase) -> list[HealthCheck]:
     """One check per shard besides the directory (``metadata``): each must answer a query."""
 
     def check(name: str, db: Database) -> HealthCheck:
         async def shard() -> BackendStatus:
-            postgres = db.dialect == "postgres"
-            status = BackendStatus(
-                name=f"shard:{name}",
-                backend="postgresql" if postgres else "sqlite",
-                mode="server" if postgres else "embedded",
-                ok=True,
-                detail=db.location,
-            )
             try:
                 await db.fetchone("SELECT 1")
             except Exception as exc:
-                status.ok = False
-                status.detail = (
-                    f"{db.location}: {exc}; is it up, and listed right in APPLIANCE_DATABASE_SHARDS?"
-                )
-            return status
+                hint = "is it up, and listed right in APPLIANCE_DATABASE_SHARDS?"
+                return _database_status(f"shard:{name}", db, ok=False, detail=f"{db.location}: {exc}; {hint}")
+            return _database_status(f"shard:{name}", db, ok=True, detail=db.location)
 
         return shard
 
@@ -208,10 +211,9 @@ def install(ctx: Context) -> list[ControllerRouterHandler]:
     async def metadata() -> BackendStatus:
         postgres = ctx.db.dialect == "postgres"
         row = await ctx.db.fetchone("SHOW server_version" if postgres else "SELECT sqlite_version() AS v")
-        return BackendStatus(
-            name="metadata",
-            backend="postgresql" if postgres else "sqlite",
-            mode="server" if postgres else "embedded",
+        return _database_status(
+            "metadata",
+            ctx.db,
             ok=True,
             detail=ctx.db.location if postgres else "",
             version=str(row[0]) if row else "",
