@@ -12,7 +12,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,8 +23,10 @@ from litestar.testing import AsyncTestClient
 from appliance.app import assemble, create_app
 from appliance.config import ConfigError, Settings
 from appliance.core import shard_move
+from appliance.core.api import shard_checks
+from appliance.core.db import open_database
 from appliance.core.shard_move import move_tenant, tenant_tables
-from appliance.core.shards import DIRECTORY, PLACEMENT_TTL_S, parse_shards, place
+from appliance.core.shards import DIRECTORY, PLACEMENT_TTL_S, ShardedDatabase, parse_shards, place
 from tests.conftest import ROOT, ROOT_KEY, make_settings
 from tests.process import run_appliance
 from tests.receiver import serve_receiver
@@ -168,6 +171,19 @@ async def test_tenants_are_placed_and_their_rows_live_on_their_shard(
     assert ready.status_code == 200, ready.text
     checks = {b["name"]: b["ok"] for b in ready.json()["backends"]}
     assert checks["shard:s1"] and checks["shard:s2"]
+
+
+async def test_a_shard_that_does_not_answer_is_reported(tmp_path: Path) -> None:
+    unopened = open_database("", tmp_path / "shard-9.db")  # never opened: every query fails
+    [check] = shard_checks(
+        cast(ShardedDatabase, SimpleNamespace(shards={DIRECTORY: unopened, "s9": unopened}))
+    )
+    status = await check()
+    assert (status.name, status.backend, status.mode, status.ok) == ("shard:s9", "sqlite", "embedded", False)
+    assert (
+        status.detail.startswith(str(tmp_path / "shard-9.db"))
+        and "APPLIANCE_DATABASE_SHARDS" in status.detail
+    )
 
 
 async def test_no_tenant_reads_another_across_shards(sharded: tuple[Client, Settings]) -> None:
