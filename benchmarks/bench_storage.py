@@ -7,16 +7,19 @@ a quiet machine); the default is 256 MiB so that a run stays well under a minute
 
 Every transfer through the appliance is made twice, by two clients:
 
-``urllib3``
-    the HTTP library the ``minio`` client itself runs on, used the way that client and this
-    script's direct copies use it: 1 MiB reads and writes (``stream(1 MiB)`` into the target
-    file; the upload body sent from 1 MiB reads of the source with a ``Content-Length``). Against
-    the ``minio`` client this is the same client on both sides, so the ratio is the servers' own.
+a Python client doing what its baseline does
+    ``urllib3`` (the HTTP library the ``minio`` client itself runs on) for uploads and S3
+    downloads: 1 MiB reads and writes (``stream(1 MiB)`` into the target file; the upload body
+    sent from 1 MiB reads of the source with a ``Content-Length``). Against the ``minio`` client
+    this is the same client on both sides, so the ratio is the servers' own. For local downloads,
+    ``http.client`` in the plain file copy's own loop (``readinto`` one reused 4 MiB buffer).
 ``curl``
     a subprocess reading the source file and writing the received bytes to a file. curl 7.88
     writes what it receives in 8 KiB ``write`` calls (136,000 of them per GiB), which costs
     it 1 to 3.4 CPU s/GiB; it stays as a second, independent client, and the raw-HTTP and
-    presigned-URL baselines are measured with it (same client both sides). The source file and the downloaded copies live in a tmpfs (``/dev/shm``: no disk writeback noise);
+    presigned-URL baselines are measured with it (same client both sides).
+
+The source file and the downloaded copies live in a tmpfs (``/dev/shm``: no disk writeback noise);
 uploads are stored on disk (the appliance's data dir, and the direct copy, both fsynced). Per backend
 and round:
 
